@@ -1,0 +1,227 @@
+"""The command line: `build_parser()` apart from `main(argv)`, the only place where exceptions
+become exit codes and one line on stderr.
+
+Nothing heavy is imported at module level: `crtool deliver` runs once per message and pays
+for every import, so each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from crtool.errors import BadToken, NotFound, PermanentFailure, TemporaryFailure, UsageError
+from crtool.exits import EXIT_CODES_HELP
+
+EXIT_OK = 0
+EXIT_NOT_LISTED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_ENVIRONMENT = 4
+
+MTA_CHOICES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
+
+EPILOG = f"""\
+examples:
+  crtool init --address alice@example.test --maildir ~/Maildir
+  crtool whitelist add bob@example.com @example.org '*@*.example.net'
+  crtool whitelist import friends.txt
+  crtool pending list
+  crtool pending release k3f9a2bq --whitelist
+  printf 'Subject: hi\\n\\nhello\\n' | SENDER=bob@remote.test \\
+      RECIPIENT=alice@example.test crtool deliver
+
+{EXIT_CODES_HELP}
+"""
+
+
+def _add_list_commands(sub: Any, name: str) -> None:
+    parser = sub.add_parser(name, help=f"manage the {name}",
+                            description=f"Manage the {name}. Patterns: bob@example.com, "
+                            "@example.com (or *@example.com), *@*.example.com (subdomains).")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    add = verbs.add_parser("add", help="add patterns")
+    add.add_argument("patterns", nargs="+", metavar="PATTERN")
+    add.add_argument("--note", default="", help="a note kept with each entry")
+    remove = verbs.add_parser("remove", help="remove patterns")
+    remove.add_argument("patterns", nargs="+", metavar="PATTERN")
+    listing = verbs.add_parser("list", help="list the entries")
+    listing.add_argument("--json", action="store_true", help="one JSON array")
+    check = verbs.add_parser("check", help="exit 0 when ADDRESS is listed, 1 when not")
+    check.add_argument("address", metavar="ADDRESS")
+    imp = verbs.add_parser("import", help="add one pattern per line from FILE or - (stdin)")
+    imp.add_argument("file", metavar="FILE")
+    verbs.add_parser("export", help="print every pattern, one per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crtool",
+        description="A whitelist challenge-response mail agent.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--home", help="crtool's directory (default $CRTOOL_HOME, ~/.crtool)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = sub.add_parser("init", help="create or update HOME, keys and database")
+    init.add_argument("--address", help="the protected address, e.g. alice@example.test")
+    init.add_argument("--maildir", help="where released mail goes (default ~/Maildir)")
+    init.add_argument("--sendmail", help="command that sends challenges")
+    init.add_argument("--database-url", help="SQLAlchemy URL (default sqlite in HOME)")
+    init.add_argument("--mta", choices=MTA_CHOICES, help="exit-code profile (default qmail)")
+
+    deliver = sub.add_parser(
+        "deliver", help="the delivery agent the MTA runs for each message",
+        description="Read one message on stdin, the envelope from the environment "
+        "(SENDER, RECIPIENT) or the flags, and deliver, hold, challenge or confirm.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    deliver.add_argument("--mta", choices=MTA_CHOICES, help="exit-code profile")
+    deliver.add_argument("--sender", help="envelope sender (overrides $SENDER)")
+    deliver.add_argument("--recipient", help="envelope recipient (overrides $RECIPIENT)")
+
+    _add_list_commands(sub, "whitelist")
+    _add_list_commands(sub, "blacklist")
+
+    pend = sub.add_parser("pending", help="the held messages")
+    verbs = pend.add_subparsers(dest="verb", required=True, metavar="VERB")
+    listing = verbs.add_parser("list", help="held messages, newest first")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--all", action="store_true", help="released and deleted ones too")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--offset", type=int, default=0)
+    show = verbs.add_parser("show", help="print a held message byte for byte")
+    show.add_argument("id", metavar="ID")
+    release = verbs.add_parser("release", help="deliver held messages into the Maildir")
+    release.add_argument("ids", nargs="+", metavar="ID")
+    release.add_argument("--whitelist", action="store_true", help="whitelist their senders")
+    delete = verbs.add_parser("delete", help="delete held messages")
+    delete.add_argument("ids", nargs="+", metavar="ID")
+    purge = verbs.add_parser("purge", help="remove messages older than a duration")
+    purge.add_argument("--older-than", default=None, help="e.g. 14d (default confirm_ttl)")
+
+    db = sub.add_parser("db", help="the database schema")
+    db_verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")
+    db_verbs.add_parser("upgrade", help="migrate to the newest revision")
+    db_verbs.add_parser("current", help="show the revision")
+
+    keys = sub.add_parser("keys", help="the signing key ring")
+    key_verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
+    key_verbs.add_parser("rotate", help="add a new key; old ones verify until tokens expire")
+
+    stats = sub.add_parser("stats", help="counts of what happened")
+    stats.add_argument("--json", action="store_true")
+    return parser
+
+
+def _describe(error: BaseException) -> str:
+    """One line for an unexpected error, saying what broke rather than where."""
+    try:
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+        if isinstance(error, DBAPIError) and error.orig is not None:
+            return f"database error: {' '.join(str(error.orig).split())[:300]}"
+        if isinstance(error, SQLAlchemyError):
+            return f"database error: {' '.join(str(error).split())[:300]}"
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        pass
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def _guess_mta(cli_mta: str | None) -> str:
+    """The profile before the config is read: a qmail environment has DTLINE; anything else
+    gets 75, which both qmail and Postfix retry (111 would bounce under Postfix)."""
+    if cli_mta:
+        return cli_mta
+    return "qmail" if "DTLINE" in os.environ or "RPLINE" in os.environ else "sysexits"
+
+
+def run_deliver(args: argparse.Namespace) -> int:
+    """`crtool deliver`: never raises; every failure of the environment is a retry."""
+    from crtool import exits
+
+    mta = _guess_mta(args.mta)
+    try:
+        from crtool import service
+        from crtool.config import load_settings, resolve_home, with_mta
+        from crtool.envelope import Envelope, RawMessage
+        from crtool.outbox import SendmailOutbox
+        from crtool.store.engine import make_engine
+        from crtool.tokens import load_keys, secrets_of
+
+        home = resolve_home(args.home, os.environ)
+        settings = with_mta(load_settings(home), args.mta)
+        mta = settings.mta
+        envelope = Envelope.from_environ(os.environb, args.sender, args.recipient)
+        raw = RawMessage.read(sys.stdin.buffer, strip_from_line=mta != "qmail")
+        box = service.Mailbox(
+            settings=settings,
+            engine=make_engine(settings.database_url),
+            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
+            keys=lambda: secrets_of(load_keys(settings.keys_path)),
+        )
+        result = service.deliver(box, envelope, raw)
+        outcome, detail = result.outcome, result.detail
+    except TemporaryFailure as error:
+        outcome, detail = exits.Outcome.TEMPFAIL, str(error)
+    except PermanentFailure as error:
+        outcome, detail = exits.Outcome.BOUNCED, str(error)
+    except BaseException as error:  # noqa: BLE001 - anything unexpected: the MTA retries
+        if args.debug:
+            traceback.print_exc()
+        outcome, detail = exits.Outcome.TEMPFAIL, _describe(error)
+    if mta == "sysexits":
+        code = 75 if outcome is exits.Outcome.TEMPFAIL else exits.code(outcome, "postfix")
+        line = exits.stderr_line(outcome, "postfix", detail)
+    else:
+        code = exits.code(outcome, mta)
+        line = exits.stderr_line(outcome, mta, detail)
+    if line:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+    if args.command == "deliver":
+        return run_deliver(args)
+
+    from crtool import commands
+
+    try:
+        return commands.run(args)
+    except UsageError as error:
+        return _fail(args, error, f"error: {error}", EXIT_USAGE)
+    except NotFound as error:
+        return _fail(args, error, f"not found: {error}", EXIT_NOT_FOUND)
+    except (TemporaryFailure, BadToken) as error:
+        return _fail(args, error, f"error: {error}", EXIT_ENVIRONMENT)
+    except BrokenPipeError:
+        # The reader went away (crtool whitelist list | head): not an error worth a line.
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug
+        return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
+
+
+def _fail(args: argparse.Namespace, error: BaseException, line: str, code: int) -> int:
+    if args.debug:
+        traceback.print_exception(error)
+    sys.stderr.write(f"crtool: {line}\n")
+    return code

@@ -1,0 +1,420 @@
+"""The owner's commands: each opens the store, calls the library, and prints.
+
+Thin on purpose (like sqlite-utils' CLI): the decisions live in service, store and policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from crtool import addresses
+from crtool.config import (
+    CONFIG_NAME,
+    Settings,
+    load_settings,
+    parse_duration,
+    render_config,
+    resolve_home,
+    settings_from_mapping,
+)
+from crtool.errors import NotFound, UsageError
+
+EXIT_OK = 0
+EXIT_NOT_LISTED = 1
+LIST_NAMES = {"whitelist": "white", "blacklist": "black"}
+
+
+def run(args: argparse.Namespace) -> int:
+    home = resolve_home(args.home, os.environ)
+    if args.command == "init":
+        return init(home, args)
+    settings = load_settings(home)
+    handler = {
+        "whitelist": address_list,
+        "blacklist": address_list,
+        "pending": pending_command,
+        "db": db_command,
+        "keys": keys_command,
+        "stats": stats_command,
+    }[args.command]
+    return handler(settings, args)
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+def _engine(settings: Settings, create: bool = False) -> Any:
+    from crtool.store.engine import make_engine
+
+    return make_engine(settings.database_url, create=create)
+
+
+def _iso(epoch: int | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+# init -----------------------------------------------------------------------------------------
+
+def crtool_command() -> str:
+    """crtool's absolute path for the .qmail line: qmail runs it with a minimal PATH."""
+    script = Path(sys.executable).parent / "crtool"
+    if script.exists():
+        return str(script)
+    found = shutil.which("crtool")
+    return str(Path(found).resolve()) if found else f"{sys.executable} -m crtool"
+
+
+def init(home: Path, args: argparse.Namespace) -> int:
+    """Create or update HOME; never touches an existing key. Side effects: HOME (0700),
+    config.toml, keys (0600), the database at the newest revision, the Maildir."""
+    import tomllib
+
+    from crtool import maildir, tokens
+    from crtool.store import schema
+    from crtool.store.engine import enable_wal, transaction
+    from crtool.store.pending import lock_owner
+
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    config_path = home / CONFIG_NAME
+    data: dict[str, Any] = {}
+    if config_path.exists():
+        with open(config_path, "rb") as handle:
+            data = tomllib.load(handle)
+    given = {"address": args.address, "maildir": args.maildir, "sendmail": args.sendmail,
+             "database_url": args.database_url, "mta": args.mta}
+    data.update({k: v for k, v in given.items() if v is not None})
+    if "address" not in data:
+        raise UsageError("init needs --address the first time")
+    if args.maildir:
+        data["maildir"] = str(Path(args.maildir).expanduser().absolute())
+    try:
+        addresses.parse_pattern(data["address"])
+        settings = settings_from_mapping(home, data)
+    except (ValueError, UsageError) as error:
+        raise UsageError(str(error)) from None
+    _write_atomic(config_path, render_config(settings), 0o600)
+
+    if not settings.keys_path.exists():
+        tokens.write_keys(settings.keys_path, tokens.new_ring(_now()))
+    engine = _engine(settings, create=True)
+    enable_wal(engine)
+    schema.upgrade(engine)
+    with transaction(engine) as session:
+        lock_owner(session, settings.owner, _now())
+    maildir.ensure(settings.maildir)
+
+    command = crtool_command()
+    home_flag = "" if home == Path(os.environ.get("HOME", str(Path.home()))) / ".crtool" \
+        else f" --home {home}"
+    print(f"crtool is set up in {home} for {settings.address}.")
+    print(f"Database: {settings.database_url}\nMaildir:  {settings.maildir}\n")
+    if settings.mta == "qmail":
+        box = _relative_maildir(settings.maildir)
+        print("Install for qmail, in both ~/.qmail and ~/.qmail-default (the bare address and")
+        print("every extension, confirm addresses included):")
+        print(f"  |{command}{home_flag} deliver")
+        print(f"  {box}")
+    else:
+        print("Install for Postfix (or another sysexits MTA), in ~/.forward:")
+        print(f'  "|{command}{home_flag} deliver --mta {settings.mta}"')
+    return EXIT_OK
+
+
+def _relative_maildir(path: Path) -> str:
+    home = Path(os.environ.get("HOME", str(Path.home())))
+    try:
+        return "./" + str(path.relative_to(home)).rstrip("/") + "/"
+    except ValueError:
+        return str(path).rstrip("/") + "/"
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+# whitelist / blacklist ------------------------------------------------------------------------
+
+def _patterns(texts: list[str]) -> list[addresses.Pattern]:
+    return [addresses.parse_pattern(text) for text in texts]
+
+
+def address_list(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.store import lists
+    from crtool.store.engine import transaction
+
+    list_name = LIST_NAMES[args.command]
+    engine = _engine(settings)
+    owner = settings.owner
+    if args.verb == "add":
+        patterns = _patterns(args.patterns)
+        with transaction(engine) as session:
+            for pattern in patterns:
+                new = lists.add(session, owner, list_name, pattern, args.note, _now())
+                print(f"{'added' if new else 'already listed'}: {pattern.text}")
+        return EXIT_OK
+    if args.verb == "remove":
+        patterns = _patterns(args.patterns)
+        missing = []
+        with transaction(engine) as session:
+            for pattern in patterns:
+                if lists.remove(session, owner, list_name, pattern):
+                    print(f"removed: {pattern.text}")
+                else:
+                    missing.append(pattern.text)
+        if missing:
+            raise NotFound(f"not on the {args.command}: {', '.join(missing)}")
+        return EXIT_OK
+    if args.verb == "check":
+        with transaction(engine, write=False) as session:
+            found = [key for name, key in lists.matches(session, owner, args.address)
+                     if name == list_name]
+        if found:
+            best = max(found, key=addresses.specificity)
+            print(f"listed: {args.address} (matches {_shown(best)})")
+            return EXIT_OK
+        print(f"not listed: {args.address}")
+        return EXIT_NOT_LISTED
+    if args.verb == "import":
+        with _open_input(args.file) as handle, transaction(engine) as session:
+            added = lists.bulk_import(session, owner, list_name, _read_patterns(handle), _now())
+        print(f"imported: {added} new entries")
+        return EXIT_OK
+    with transaction(engine, write=False) as session:
+        entries = lists.entries(session, owner, list_name)
+        if args.verb == "export":
+            for entry in entries:
+                sys.stdout.write(entry.pattern + "\n")
+        elif args.json:
+            _stream_json_array(
+                {"pattern": e.pattern, "kind": e.kind, "note": e.note,
+                 "created_at": _iso(e.created_at)} for e in entries)
+        else:
+            for entry in entries:
+                note = f"  # {entry.note}" if entry.note else ""
+                sys.stdout.write(f"{entry.pattern}{note}\n")
+    return EXIT_OK
+
+
+def _shown(key: str) -> str:
+    if key.startswith("*."):
+        return "*@" + key
+    return key
+
+
+def _stream_json_array(items: Iterator[dict[str, Any]]) -> None:
+    """A JSON array written item by item, so a million entries need no million-item list."""
+    sys.stdout.write("[")
+    first = True
+    for item in items:
+        sys.stdout.write("\n  " if first else ",\n  ")
+        sys.stdout.write(json.dumps(item, ensure_ascii=False))
+        first = False
+    sys.stdout.write("\n]\n" if not first else "]\n")
+
+
+class _open_input:
+    """FILE, or stdin for "-"; text, undecodable bytes replaced (they fail as patterns)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.handle: TextIO | None = None
+
+    def __enter__(self) -> TextIO:
+        if self.name == "-":
+            return open(sys.stdin.fileno(), encoding="utf-8", errors="replace", closefd=False)
+        try:
+            self.handle = open(self.name, encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as error:
+            raise UsageError(f"cannot read {self.name}: {error.strerror}") from None
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def _read_patterns(handle: TextIO) -> Iterator[addresses.Pattern]:
+    """One pattern per line; blank lines and # comments skipped; a bad line stops the import
+    (the whole import is one transaction, so nothing of it is kept)."""
+    for number, line in enumerate(handle, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            yield addresses.parse_pattern(text)
+        except UsageError as error:
+            raise UsageError(f"line {number}: {error}") from None
+
+
+# pending --------------------------------------------------------------------------------------
+
+def _mailbox(settings: Settings) -> Any:
+    from crtool import service
+    from crtool.outbox import SendmailOutbox
+    from crtool.tokens import load_keys, secrets_of
+
+    return service.Mailbox(
+        settings=settings, engine=_engine(settings),
+        outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
+        keys=lambda: secrets_of(load_keys(settings.keys_path)),
+    )
+
+
+def pending_command(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool import service
+    from crtool.store import pending
+    from crtool.store.engine import transaction
+
+    owner = settings.owner
+    if args.verb == "list":
+        statuses = (pending.HELD, pending.RELEASED, pending.DELETED) if args.all \
+            else (pending.HELD,)
+        if args.limit < 1 or args.offset < 0:
+            raise UsageError("--limit must be at least 1 and --offset at least 0")
+        with transaction(_engine(settings), write=False) as session:
+            page = pending.page(session, owner, statuses, args.limit, args.offset)
+        items = [{
+            "id": row.id, "sender": row.sender, "from": row.from_header,
+            "subject": row.subject, "received_at": _iso(row.received_at), "size": row.size,
+            "status": row.status, "reason": row.reason,
+            "challenged_at": _iso(row.challenged_at),
+        } for row in page.rows]
+        if args.json:
+            _print_json(items)
+            return EXIT_OK
+        if not items:
+            print("nothing held" if not args.all else "no messages")
+            return EXIT_OK
+        print(f"{'ID':8}  {'RECEIVED (UTC)':16}  {'STATUS':8}  {'WHY':18}  {'SENDER':30}  SUBJECT")
+        for item in items:
+            received = (item["received_at"] or "")[:16].replace("T", " ")
+            sender = item["sender"] or "<>"
+            print(f"{item['id']:8}  {received:16}  {item['status']:8}  {item['reason'][:18]:18}  "
+                  f"{sender[:30]:30}  {item['subject'][:60]}")
+        shown = args.offset + len(items)
+        if shown < page.total:
+            print(f"({page.total - shown} more: --offset {shown})")
+        return EXIT_OK
+    if args.verb == "show":
+        with transaction(_engine(settings), write=False) as session:
+            row = pending.get(session, owner, args.id)
+            if row is None:
+                raise NotFound(f"no message {args.id}")
+            raw = pending.raw_bytes(session, row.id)
+        if raw is None:
+            raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    if args.verb == "release":
+        for pending_id in service.release_ids(_mailbox(settings), args.ids, args.whitelist):
+            print(f"released: {pending_id}")
+        return EXIT_OK
+    if args.verb == "delete":
+        for pending_id in service.delete_ids(_mailbox(settings), args.ids):
+            print(f"deleted: {pending_id}")
+        return EXIT_OK
+    # purge
+    try:
+        age = parse_duration(args.older_than) if args.older_than else settings.confirm_ttl
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    engine = _engine(settings)
+    before = _now() - age
+    total = 0
+    while True:
+        # Small batches, each its own transaction, so deliveries never wait long for the lock.
+        with transaction(engine) as session:
+            removed = pending.purge_batch(session, owner, before, 500)
+        total += removed
+        if removed == 0:
+            break
+    print(f"purged: {total} messages older than {args.older_than or 'confirm_ttl'}")
+    return EXIT_OK
+
+
+# db, keys, stats ------------------------------------------------------------------------------
+
+def db_command(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.store import schema
+    from crtool.store.engine import enable_wal
+
+    if args.verb == "upgrade":
+        engine = _engine(settings, create=True)
+        enable_wal(engine)
+        schema.upgrade(engine)
+        print(f"database at revision {schema.current(engine)}")
+        return EXIT_OK
+    engine = _engine(settings)
+    now, head = schema.current(engine), schema.head()
+    state = "up to date" if now == head else f"behind: newest is {head}; run 'crtool db upgrade'"
+    print(f"revision {now or '(none)'} ({state})")
+    return EXIT_OK
+
+
+def keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool import tokens
+
+    ring = tokens.load_keys(settings.keys_path)
+    new_ring = tokens.rotated(ring, _now(), settings.confirm_ttl)
+    tokens.write_keys(settings.keys_path, new_ring)
+    dropped = len(ring) + 1 - len(new_ring)
+    print(f"new signing key added; {len(new_ring)} keys in the ring"
+          + (f", {dropped} expired ones removed" if dropped else ""))
+    return EXIT_OK
+
+
+STAT_KINDS = ("delivered", "held", "challenged", "confirmed", "released", "dropped", "bounced",
+              "deleted")
+
+
+def stats_command(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.store import log
+    from crtool.store.engine import transaction
+
+    with transaction(_engine(settings), write=False) as session:
+        counts = log.event_counts(session, settings.owner)
+    totals = {kind: 0 for kind in STAT_KINDS}
+    reasons: dict[str, dict[str, int]] = {"held": {}, "dropped": {}}
+    for (kind, reason), n in counts.items():
+        totals[kind] = totals.get(kind, 0) + n
+        if kind in reasons and reason and reason != "challenged":
+            reasons[kind][reason] = reasons[kind].get(reason, 0) + n
+    if args.json:
+        _print_json({"counts": totals, "held_without_challenge": reasons["held"],
+                     "dropped_by_reason": reasons["dropped"]})
+        return EXIT_OK
+    for kind in STAT_KINDS:
+        print(f"{kind:12} {totals[kind]}")
+    for title, key in (("held without a challenge, by reason", "held"),
+                       ("dropped, by reason", "dropped")):
+        if reasons[key]:
+            print(f"\n{title}:")
+            for reason, n in sorted(reasons[key].items(), key=lambda kv: (-kv[1], kv[0])):
+                print(f"  {reason:22} {n}")
+    return EXIT_OK
+

@@ -1,0 +1,214 @@
+"""The owner's settings, read from HOME/config.toml on request and never at import.
+
+Settings are a frozen value: every other module receives them as an argument, so nothing looks up
+global configuration behind the caller's back. A config that cannot be read or does not make sense
+is a broken environment (a temporary failure for `deliver`), never a reason to drop mail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from crtool.errors import TemporaryFailure
+
+CONFIG_NAME = "config.toml"
+KEYS_NAME = "keys"
+DATABASE_NAME = "crtool.db"
+
+MTA_PROFILES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
+DELIVERY_MODES = ("continue", "maildir")
+BLACKLIST_ACTIONS = ("drop", "bounce")
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | int) -> int:
+    """Seconds in "14d", "24h", "90m", "300s", "300" or an integer; ValueError otherwise."""
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"negative duration: {text}")
+        return text
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 14d, 24h, 30m, 300s)")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def format_duration(seconds: int) -> str:
+    """The shortest exact text for a duration: 1209600 -> "14d", 5400 -> "90m"."""
+    for unit in ("d", "h", "m"):
+        size = _UNIT_SECONDS[unit]
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def default_sendmail() -> str:
+    """qmail's sendmail where it exists, since /usr/sbin/sendmail may belong to another MTA."""
+    if Path("/var/qmail/bin/sendmail").exists():
+        return "/var/qmail/bin/sendmail"
+    return "/usr/sbin/sendmail"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the owner can set; defaults follow the design contract."""
+
+    home: Path
+    address: str
+    maildir: Path
+    database_url: str
+    sendmail: str = field(default_factory=default_sendmail)
+    mta: str = "qmail"
+    delivery: str = "continue"
+    delimiter: str = "-"
+    blacklist_action: str = "drop"
+    confirm_ttl: int = 14 * 86400
+    challenge_limit: int = 1
+    challenge_window: int = 86400
+    challenge_global_limit: int = 30
+    sendmail_timeout: int = 60
+    authserv_id: str = ""
+
+    @property
+    def keys_path(self) -> Path:
+        return self.home / KEYS_NAME
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.home / "templates"
+
+    @property
+    def owner(self) -> str:
+        """The owner key every row carries: the base address, lowercased."""
+        return self.address.lower()
+
+
+_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout"}
+_INTEGERS = {"challenge_limit", "challenge_global_limit"}
+_CHOICES = {
+    "mta": MTA_PROFILES,
+    "delivery": DELIVERY_MODES,
+    "blacklist_action": BLACKLIST_ACTIONS,
+}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+
+
+def default_database_url(home: Path) -> str:
+    return f"sqlite:///{home / DATABASE_NAME}"
+
+
+def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
+    """Validate a parsed config.toml; ValueError names the first setting that is wrong."""
+    known = {f.name for f in fields(Settings)} - {"home"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}")
+    if "address" not in data:
+        raise ValueError("setting 'address' is missing")
+    values: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _DURATIONS:
+            values[name] = parse_duration(value)
+        elif name in _INTEGERS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"setting {name!r} must be a whole number >= 0")
+            values[name] = value
+        elif name in _CHOICES:
+            if value not in _CHOICES[name]:
+                raise ValueError(f"setting {name!r} must be one of {', '.join(_CHOICES[name])}")
+            values[name] = value
+        elif name == "maildir":
+            values[name] = Path(str(value)).expanduser()
+        elif name in _STRINGS:
+            if not isinstance(value, str):
+                raise ValueError(f"setting {name!r} must be a string")
+            values[name] = value
+    from crtool.addresses import split_address
+
+    local, domain = split_address(values["address"])
+    if not local or not domain:
+        raise ValueError(f"setting 'address' is not an address: {values['address']!r}")
+    delimiter = values.get("delimiter", "-")
+    if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
+        raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    values.setdefault("maildir", Path.home() / "Maildir")
+    values.setdefault("database_url", default_database_url(home))
+    if values.get("mta", "qmail") != "qmail":
+        # A .forward has no "next line": under a sysexits MTA crtool delivers what it accepts.
+        values["delivery"] = "maildir"
+    return Settings(home=home, **values)
+
+
+def load_settings(home: Path) -> Settings:
+    """Read HOME/config.toml. Raises TemporaryFailure when it is missing, unreadable or invalid."""
+    import tomllib
+
+    path = home / CONFIG_NAME
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise TemporaryFailure(f"config {path} is missing (run 'crtool init')") from None
+    except OSError as error:
+        raise TemporaryFailure(f"config {path} is unreadable: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise TemporaryFailure(f"config {path} is not valid TOML: {error}") from None
+    try:
+        return settings_from_mapping(home, data)
+    except ValueError as error:
+        raise TemporaryFailure(f"config {path}: {error}") from None
+
+
+def with_mta(settings: Settings, mta: str | None) -> Settings:
+    """The settings with the MTA profile of the command line, which beats the config."""
+    if mta is None or mta == settings.mta:
+        return settings
+    delivery = settings.delivery if mta == "qmail" else "maildir"
+    return replace(settings, mta=mta, delivery=delivery)
+
+
+def resolve_home(cli_home: str | None, environ: os._Environ[str] | dict[str, str]) -> Path:
+    """--home, then $CRTOOL_HOME, then ~/.crtool (from $HOME, as qmail and Postfix set it)."""
+    if cli_home:
+        return Path(cli_home).expanduser().absolute()
+    if environ.get("CRTOOL_HOME"):
+        return Path(environ["CRTOOL_HOME"]).expanduser().absolute()
+    base = environ.get("HOME") or str(Path.home())
+    return Path(base) / ".crtool"
+
+
+def render_config(settings: Settings) -> str:
+    """config.toml text for `init`: every setting written out, commented, so the owner sees them."""
+
+    def q(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    return f"""\
+# crtool settings. Durations take s, m, h, d or w. See etc/config.toml for every option.
+address = {q(settings.address)}
+maildir = {q(str(settings.maildir))}
+database_url = {q(settings.database_url)}
+sendmail = {q(settings.sendmail)}
+# qmail (exit 0 lets the next .qmail line deliver) or postfix, exim, sendmail, procmail, dovecot
+mta = {q(settings.mta)}
+# "continue": qmail's next .qmail line delivers whitelisted mail; "maildir": crtool delivers it
+delivery = {q(settings.delivery)}
+delimiter = {q(settings.delimiter)}
+# "drop" (silently, the default) or "bounce" (exit code for a permanent failure)
+blacklist_action = {q(settings.blacklist_action)}
+confirm_ttl = "{format_duration(settings.confirm_ttl)}"
+challenge_limit = {settings.challenge_limit}
+challenge_window = "{format_duration(settings.challenge_window)}"
+challenge_global_limit = {settings.challenge_global_limit}
+sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
+# The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
+authserv_id = {q(settings.authserv_id)}
+"""

@@ -1,0 +1,76 @@
+"""Outcome -> exit code and the one stderr line, per MTA profile, in one place (DESIGN §2)."""
+
+from __future__ import annotations
+
+import enum
+
+from crtool.config import MTA_PROFILES
+
+
+class Outcome(enum.Enum):
+    CONTINUE = "continue"  # whitelisted: qmail's next .qmail line delivers
+    DELIVERED = "delivered"  # crtool wrote it into the Maildir
+    HELD = "held"
+    DROPPED = "dropped"
+    CONFIRMED = "confirmed"
+    BOUNCED = "bounced"
+    TEMPFAIL = "tempfail"
+
+
+_QMAIL = {
+    Outcome.CONTINUE: 0,
+    Outcome.DELIVERED: 99,
+    Outcome.HELD: 99,
+    Outcome.DROPPED: 99,
+    Outcome.CONFIRMED: 99,
+    Outcome.BOUNCED: 100,
+    Outcome.TEMPFAIL: 111,
+}
+# sysexits.h: EX_NOPERM 77 bounces with 5.7.0; EX_TEMPFAIL 75 defers. Postfix bounces on
+# any other non-zero code, 99 and 111 included, so those never appear here.
+_SYSEXITS = {
+    Outcome.CONTINUE: 0,
+    Outcome.DELIVERED: 0,
+    Outcome.HELD: 0,
+    Outcome.DROPPED: 0,
+    Outcome.CONFIRMED: 0,
+    Outcome.BOUNCED: 77,
+    Outcome.TEMPFAIL: 75,
+}
+_STATUS = {Outcome.TEMPFAIL: "4.3.0", Outcome.BOUNCED: "5.7.1"}
+
+EXIT_CODES_HELP = """\
+exit codes of 'deliver':
+  qmail profile (default):  0 whitelisted, the next .qmail line delivers;
+                            99 handled (held, delivered, dropped or confirmed);
+                            100 bounce (only where blacklist_action = "bounce");
+                            111 temporary failure, qmail retries
+  sysexits profile (--mta postfix, exim, sendmail, procmail, dovecot):
+                            0 handled; 77 bounce; 75 temporary failure
+exit codes of the other commands:
+  0 success; 1 'check': not listed; 2 usage error; 3 not found; 4 the environment is broken"""
+
+
+def is_qmail(mta: str) -> bool:
+    return mta == "qmail"
+
+
+def code(outcome: Outcome, mta: str) -> int:
+    if mta not in MTA_PROFILES:
+        mta = "qmail"
+    return (_QMAIL if is_qmail(mta) else _SYSEXITS)[outcome]
+
+
+def stderr_line(outcome: Outcome, mta: str, detail: str) -> str | None:
+    """The one line to write, or None: every non-zero exit says why, and under a sysexits
+    MTA a failure starts with its enhanced status code so the DSN is right."""
+    if code(outcome, mta) == 0:
+        return None
+    detail = " ".join(detail.split())
+    if not is_qmail(mta) and outcome in _STATUS:
+        return f"{_STATUS[outcome]} crtool: {detail}"
+    return f"crtool: {detail}"
+
+
+def tempfail_code(mta: str) -> int:
+    return code(Outcome.TEMPFAIL, mta)

@@ -1,0 +1,71 @@
+"""maildir(5) delivery: a unique file in tmp/, every write checked, fsync, link into new/.
+
+A message is in the Maildir only once its file and the directory entry are on disk, so a crash
+at any point leaves either nothing in new/ or the whole message. Errors (disk full) propagate
+as OSError for the caller to turn into a temporary failure; the tmp/ file is removed first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+_counter = itertools.count()
+
+
+def ensure(maildir: Path) -> None:
+    """Create the Maildir and its three subdirectories (0700) where missing."""
+    for sub in ("", "tmp", "new", "cur"):
+        (maildir / sub).mkdir(mode=0o700, parents=(sub == ""), exist_ok=True)
+
+
+def _unique_name() -> str:
+    now = time.time()
+    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+    return f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}Q{next(_counter)}.{host}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def deliver(maildir: Path, chunks: Iterable[bytes], prefix: bytes = b"") -> Path:
+    """Write `prefix` and `chunks` as one new message; returns its path in new/.
+
+    Side effects: a file in MAILDIR/new, the directories created if missing.
+    """
+    ensure(maildir)
+    name = _unique_name()
+    tmp = maildir / "tmp" / name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            _write_all(fd, prefix)
+            for chunk in chunks:
+                _write_all(fd, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        target = maildir / "new" / name
+        os.link(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.unlink()
+    _fsync_dir(maildir / "new")
+    return target

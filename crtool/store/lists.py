@@ -1,0 +1,127 @@
+"""Whitelist and blacklist entries: look-ups by indexed equality, edits, and bulk import.
+
+A look-up costs the same for ten entries as for a million: it is one `key IN (...)` over the
+handful of keys that could match an address (addresses.lookup_keys), served by the unique
+(owner, key, list_name) index. No LIKE, no OR across kinds, no scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session
+
+from crtool import addresses
+from crtool.store.models import AddressEntry
+
+IMPORT_BATCH = 5000
+
+
+def match_statement(owner: str, keys: list[str]) -> Select[tuple[str, str]]:
+    """The look-up, shared by the service and (compiled to text) by the fast read path."""
+    return select(AddressEntry.list_name, AddressEntry.key).where(
+        AddressEntry.owner == owner, AddressEntry.key.in_(keys)
+    )
+
+
+def matches(session: Session, owner: str, address: str) -> list[tuple[str, str]]:
+    """Every (list, key) that matches `address` for this owner."""
+    keys = addresses.lookup_keys(address)
+    if not keys:
+        return []
+    rows = session.execute(match_statement(owner, keys)).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+@dataclass(frozen=True)
+class Entry:
+    list_name: str
+    pattern: str
+    kind: str
+    note: str
+    created_at: int
+
+
+def add(session: Session, owner: str, list_name: str, pattern: addresses.Pattern,
+        note: str, now: int) -> bool:
+    """Add one entry; False when it was already there (its note is then updated)."""
+    existing = session.scalar(
+        select(AddressEntry).where(
+            AddressEntry.owner == owner, AddressEntry.key == pattern.key,
+            AddressEntry.list_name == list_name,
+        )
+    )
+    if existing is not None:
+        if note:
+            existing.note = note
+        return False
+    session.add(AddressEntry(owner=owner, list_name=list_name, key=pattern.key,
+                             kind=pattern.kind, note=note, created_at=now))
+    return True
+
+
+def remove(session: Session, owner: str, list_name: str, pattern: addresses.Pattern) -> bool:
+    result = session.execute(
+        delete(AddressEntry).where(
+            AddressEntry.owner == owner, AddressEntry.list_name == list_name,
+            AddressEntry.key == pattern.key,
+        )
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def entries(session: Session, owner: str, list_name: str) -> Iterator[Entry]:
+    """All entries of one list in key order, streamed so a million do not fill memory."""
+    statement = (
+        select(AddressEntry.list_name, AddressEntry.key, AddressEntry.kind, AddressEntry.note,
+               AddressEntry.created_at)
+        .where(AddressEntry.owner == owner, AddressEntry.list_name == list_name)
+        .order_by(AddressEntry.key)
+        .execution_options(yield_per=2000)
+    )
+    for row in session.execute(statement):
+        pattern = addresses.Pattern(row.kind, row.key)
+        yield Entry(row.list_name, pattern.text, row.kind, row.note, row.created_at)
+
+
+def count(session: Session, owner: str, list_name: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(AddressEntry).where(
+            AddressEntry.owner == owner, AddressEntry.list_name == list_name)
+    ) or 0
+
+
+def bulk_import(session: Session, owner: str, list_name: str,
+                patterns: Iterable[addresses.Pattern], now: int) -> int:
+    """Insert patterns in batches inside the caller's one transaction; duplicates are skipped.
+
+    Memory stays bounded by the batch size whatever the input's length. Returns how many
+    were new.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    added = 0
+    batch: dict[str, addresses.Pattern] = {}
+
+    def flush() -> int:
+        if not batch:
+            return 0
+        rows = [dict(owner=owner, list_name=list_name, key=p.key, kind=p.kind, note="",
+                     created_at=now) for p in batch.values()]
+        statement = insert(AddressEntry).on_conflict_do_nothing(
+            index_elements=["owner", "key", "list_name"])
+        result = session.execute(statement, rows)
+        batch.clear()
+        return max(int(getattr(result, "rowcount", 0) or 0), 0)
+
+    for pattern in patterns:
+        batch[pattern.key] = pattern
+        if len(batch) >= IMPORT_BATCH:
+            added += flush()
+    added += flush()
+    return added

@@ -1,0 +1,57 @@
+"""The challenge log (which rate limits count) and the event log (which `stats` counts)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from crtool.store.models import Challenge, Event
+
+QUEUED = "queued"
+SENT = "sent"
+
+
+def record_event(session: Session, owner: str, now: int, kind: str, reason: str = "",
+                 sender: str = "", pending_id: str = "") -> None:
+    session.add(Event(owner=owner, at=now, kind=kind, reason=reason[:40],
+                      sender=sender[:320], pending_id=pending_id))
+
+
+def record_challenge(session: Session, owner: str, recipient_key: str, pending_id: str,
+                     now: int) -> Challenge:
+    row = Challenge(owner=owner, recipient_key=recipient_key, pending_id=pending_id,
+                    created_at=now, status=QUEUED)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def mark_sent(session: Session, challenge_id: int) -> None:
+    session.execute(update(Challenge).where(Challenge.id == challenge_id).values(status=SENT))
+
+
+def unsent_for(session: Session, pending_id: str) -> Challenge | None:
+    """A challenge recorded for this message but never confirmed as sent (a crash or a
+    sendmail failure came between); the retried delivery sends it."""
+    return session.scalar(
+        select(Challenge).where(Challenge.pending_id == pending_id, Challenge.status == QUEUED)
+        .order_by(Challenge.created_at.desc()).limit(1)
+    )
+
+
+def challenges_since(session: Session, owner: str, since: int,
+                     recipient_key: str | None = None) -> int:
+    statement = select(func.count()).select_from(Challenge).where(
+        Challenge.owner == owner, Challenge.created_at > since)
+    if recipient_key is not None:
+        statement = statement.where(Challenge.recipient_key == recipient_key)
+    return session.scalar(statement) or 0
+
+
+def event_counts(session: Session, owner: str) -> dict[tuple[str, str], int]:
+    """{(kind, reason): count} for this owner."""
+    rows = session.execute(
+        select(Event.kind, Event.reason, func.count()).where(Event.owner == owner)
+        .group_by(Event.kind, Event.reason)
+    ).all()
+    return {(kind, reason): n for kind, reason, n in rows}

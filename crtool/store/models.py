@@ -1,0 +1,131 @@
+"""SQLAlchemy 2.0 typed models; the schema's one source of truth (migrations follow it).
+
+Every row carries its owner (the base address, lowercased), so one database serves many
+mailboxes. Times are integer epoch seconds: portable between SQLite and PostgreSQL, and the same
+number the confirm token signs. Indexes sit beside the look-ups they serve.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ADDRESS = 320
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Owner(Base):
+    """One protected mailbox. Its row is locked by every delivery that may challenge, so the
+    rate-limit counts are exact under concurrent deliveries on PostgreSQL too."""
+
+    __tablename__ = "owners"
+
+    address: Mapped[str] = mapped_column(String(ADDRESS), primary_key=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class AddressEntry(Base):
+    """A whitelist or blacklist entry; `key` is the normalised pattern (see addresses.py)."""
+
+    __tablename__ = "address_entries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    list_name: Mapped[str] = mapped_column(String(8))
+    key: Mapped[str] = mapped_column(String(ADDRESS))
+    kind: Mapped[str] = mapped_column(String(12))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # Serves the look-up `owner = ? AND key IN (...)`: equality probes only; the second
+        # index serves `whitelist list`.
+        Index("ix_address_entries_lookup", "owner", "key", "list_name", unique=True),
+        Index("ix_address_entries_list", "owner", "list_name", "key"),
+    )
+
+
+class Pending(Base):
+    """A held message's facts; its bytes live in `PendingBody`, written in the same transaction.
+
+    `id` is the random 8-character base32 id that the confirm token carries and the CLI shows.
+    """
+
+    __tablename__ = "pending"
+
+    id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    sender: Mapped[str] = mapped_column(String(ADDRESS))
+    sender_key: Mapped[str] = mapped_column(String(ADDRESS))
+    recipient: Mapped[str] = mapped_column(String(ADDRESS))
+    from_header: Mapped[str] = mapped_column(String(ADDRESS), default="")
+    subject: Mapped[str] = mapped_column(String(ADDRESS), default="")
+    message_id: Mapped[str] = mapped_column(String(ADDRESS), default="")
+    received_at: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))
+    mta: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(12))  # held | released | deleted
+    reason: Mapped[str] = mapped_column(String(40))  # challenged, or why no challenge
+    challenged_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    released_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (
+        Index("ix_pending_digest", "owner", "digest", unique=True),
+        Index("ix_pending_sender", "owner", "sender_key", "status"),
+        Index("ix_pending_status_received", "owner", "status", "received_at"),
+        Index("ix_pending_received", "received_at"),
+    )
+
+
+class PendingBody(Base):
+    """The raw bytes of a held message, byte for byte; dropped once the message leaves."""
+
+    __tablename__ = "pending_bodies"
+
+    pending_id: Mapped[str] = mapped_column(
+        String(8), ForeignKey("pending.id", ondelete="CASCADE"), primary_key=True
+    )
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Challenge(Base):
+    """One challenge: recorded before it is sent, so rate limits count it even if sending
+    fails; `status` goes queued -> sent."""
+
+    __tablename__ = "challenges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    recipient_key: Mapped[str] = mapped_column(String(ADDRESS))
+    pending_id: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(12))
+
+    __table_args__ = (
+        Index("ix_challenges_recipient", "owner", "recipient_key", "created_at"),
+        Index("ix_challenges_created", "owner", "created_at"),
+        Index("ix_challenges_pending", "pending_id"),
+    )
+
+
+class Event(Base):
+    """What happened, for `stats` and for the owner's questions ("why no challenge?")."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    at: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(String(40), default="")
+    sender: Mapped[str] = mapped_column(String(ADDRESS), default="")
+    pending_id: Mapped[str] = mapped_column(String(8), default="")
+
+    __table_args__ = (
+        Index("ix_events_owner_kind", "owner", "kind", "reason"),
+        Index("ix_events_at", "at"),
+    )
