@@ -81,7 +81,8 @@ def parse_pattern(text: str) -> Pattern:
             raise UsageError(f"not a pattern: {text!r}")
         return Pattern(DOMAIN, "@" + domain)
     local, domain = split_address(lowered)
-    if not local or not _valid_domain(domain) or "*" in lowered or "<" in local:
+    # "*" is legal in a local part (RFC 5322 atext); only the domain forms use it as a wildcard.
+    if not local or not _valid_domain(domain) or "*" in domain or "<" in local:
         raise UsageError(f"not a pattern: {text!r} (use bob@example.com, @example.com "
                          "or *@*.example.com)")
     return Pattern(EXACT, f"{local}@{domain}")
