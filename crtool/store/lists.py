@@ -98,30 +98,29 @@ def bulk_import(session: Session, owner: str, list_name: str,
     """Insert patterns in batches inside the caller's one transaction; duplicates are skipped.
 
     Memory stays bounded by the batch size whatever the input's length. Returns how many
-    were new.
+    were new (counted, since drivers report no reliable rowcount for batched inserts).
     """
+    before = count(session, owner, list_name)
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    added = 0
     batch: dict[str, addresses.Pattern] = {}
 
-    def flush() -> int:
+    def flush() -> None:
         if not batch:
-            return 0
+            return
         rows = [dict(owner=owner, list_name=list_name, key=p.key, kind=p.kind, note="",
                      created_at=now) for p in batch.values()]
         statement = insert(AddressEntry).on_conflict_do_nothing(
             index_elements=["owner", "key", "list_name"])
-        result = session.execute(statement, rows)
+        session.execute(statement, rows)
         batch.clear()
-        return max(int(getattr(result, "rowcount", 0) or 0), 0)
 
     for pattern in patterns:
         batch[pattern.key] = pattern
         if len(batch) >= IMPORT_BATCH:
-            added += flush()
-    added += flush()
-    return added
+            flush()
+    flush()
+    return count(session, owner, list_name) - before
