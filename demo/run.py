@@ -1,0 +1,148 @@
+"""`make demo`: the main job, walked through the real code path on the embedded SQLite default.
+
+Every step runs `crtool` as a separate process, `deliver` exactly as qmail-local would run it
+from ~/.qmail-default (absolute path, qmail's environment, working directory $HOME). Challenges
+are "sent" by this same script acting as sendmail: it files them where the demo can show them,
+instead of handing them to a mail system that this machine may not have.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CRTOOL = str(Path(sys.executable).parent / "crtool")
+OWNER = "alice@example.test"
+
+
+def as_sendmail(outbox: Path, argv: list[str]) -> int:
+    """The stand-in sendmail: keep the message and its arguments for the demo to show."""
+    outbox.mkdir(exist_ok=True)
+    number = len(list(outbox.glob("*.eml")))
+    (outbox / f"{number}.eml").write_bytes(sys.stdin.buffer.read())
+    (outbox / f"{number}.args").write_text(shlex.join(argv))
+    return 0
+
+
+def step(title: str) -> None:
+    print(f"\n\033[1m== {title}\033[0m")
+
+
+def crtool(home: Path, *args: str) -> str:
+    result = subprocess.run([CRTOOL, "--home", str(home), *args], capture_output=True,
+                            text=True, check=False)
+    print(f"$ crtool {shlex.join(args)}")
+    print("  " + (result.stdout.strip() or result.stderr.strip()).replace("\n", "\n  "))
+    if result.returncode != 0:
+        raise SystemExit(f"demo failed: crtool {args[0]} exited {result.returncode}")
+    return result.stdout
+
+
+def deliver(user_home: Path, sender: str, recipient: str, text: str) -> int:
+    """qmail-local's way of running `|crtool deliver` for one message."""
+    local, _, host = recipient.rpartition("@")
+    ext = local.split("-", 1)[1] if "-" in local else ""
+    env = {"PATH": "/var/qmail/bin:/usr/local/bin:/usr/bin:/bin", "SENDER": sender,
+           "NEWSENDER": sender, "RECIPIENT": recipient, "USER": "alice",
+           "HOME": str(user_home), "HOST": host, "LOCAL": local, "EXT": ext,
+           "DEFAULT": ext, "DTLINE": f"Delivered-To: {recipient}\n",
+           "RPLINE": f"Return-Path: <{sender}>\n"}
+    result = subprocess.run([CRTOOL, "deliver"], input=text.encode(), env=env,
+                            cwd=user_home, capture_output=True, check=False)
+    said = result.stderr.decode().strip()
+    meaning = {0: "whitelisted: qmail's next .qmail line delivers it",
+               99: "handled by crtool", 111: "temporary failure: qmail retries"}
+    print(f"  from {sender or '<>'} to {recipient}")
+    print(f"  exit {result.returncode} ({meaning.get(result.returncode, '?')})"
+          + (f"; {said}" if said else ""))
+    return result.returncode
+
+
+def mail(sender: str, to: str, subject: str, body: str) -> str:
+    stamp = email.utils.formatdate(usegmt=True)
+    ident = email.utils.make_msgid("demo", "remote.test")
+    return (f"From: {sender}\nTo: {to}\nSubject: {subject}\nDate: {stamp}\n"
+            f"Message-ID: {ident}\n\n{body}")
+
+
+def expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise SystemExit(f"demo failed: {what}")
+
+
+def main() -> int:
+    if len(sys.argv) > 2 and sys.argv[1] == "--as-sendmail":
+        return as_sendmail(Path(sys.argv[2]), sys.argv[3:])
+    work = Path(tempfile.mkdtemp(prefix="crtool-demo-"))
+    try:
+        return walk(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def walk(work: Path) -> int:
+    user_home = work / "alice"
+    user_home.mkdir()
+    home, outbox, maildir = user_home / ".crtool", work / "outbox", user_home / "Maildir"
+    sendmail = f"{shlex.quote(sys.executable)} {shlex.quote(__file__)} --as-sendmail {outbox}"
+
+    step("1. Set up crtool for alice@example.test (SQLite in ~/.crtool)")
+    crtool(home, "init", "--address", OWNER, "--maildir", str(maildir), "--sendmail", sendmail)
+
+    step("2. Whitelist a friend")
+    crtool(home, "whitelist", "add", "carol@friends.test", "--note", "an old friend")
+
+    step("3. The friend writes: whitelisted")
+    code = deliver(user_home, "carol@friends.test", OWNER,
+                   mail("carol@friends.test", OWNER, "Dinner", "See you at eight.\n"))
+    expect(code == 0, "the friend's mail was not whitelisted")
+
+    step("4. A stranger writes: held, and one challenge goes out")
+    code = deliver(user_home, "bob@remote.test", OWNER,
+                   mail("Bob <bob@remote.test>", OWNER, "Quote for the roof",
+                        "Hello Alice,\nhere is the quote you asked for.\n"))
+    expect(code == 99, "the stranger's mail was not held")
+    challenge_bytes = (outbox / "0.eml").read_bytes()
+    print(f"  sendmail ran with: {(outbox / '0.args').read_text()}")
+    print("  ---- the challenge ----")
+    print("  " + challenge_bytes.decode().strip().replace("\n", "\n  "))
+    print("  -----------------------")
+    challenge = email.message_from_bytes(challenge_bytes, policy=email.policy.default)
+    confirm_address = str(challenge["Reply-To"])
+
+    step("5. The queue of held mail")
+    crtool(home, "pending", "list")
+
+    step("6. The stranger replies to the confirm address (lowercased, as Postfix would)")
+    code = deliver(user_home, "bob@remote.test", confirm_address.lower(),
+                   mail("bob@remote.test", confirm_address, "Re: " + str(challenge["Subject"]),
+                        "Yes, that was me.\n"))
+    expect(code == 99, "the confirmation was not handled")
+    delivered = sorted((maildir / "new").iterdir())
+    print(f"  Maildir/new now holds {len(delivered)} message(s); the first lines:")
+    print("  " + "\n  ".join(delivered[0].read_text().splitlines()[:4]))
+
+    step("7. The stranger is whitelisted now; his next message passes")
+    crtool(home, "whitelist", "check", "bob@remote.test")
+    code = deliver(user_home, "bob@remote.test", OWNER,
+                   mail("bob@remote.test", OWNER, "One more thing", "Thanks!\n"))
+    expect(code == 0, "the confirmed sender is not whitelisted")
+
+    step("8. The queue and the counts")
+    crtool(home, "pending", "list", "--all")
+    crtool(home, "stats")
+    print("\nDemo finished: whitelisted delivery, hold with challenge, confirmation, release.")
+    return 0
+
+
+if __name__ == "__main__":
+    os.umask(0o077)
+    sys.exit(main())
