@@ -296,7 +296,7 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
             raise UsageError("--limit must be at least 1 and --offset at least 0")
         with transaction(_engine(settings), write=False) as session:
             page = pending.page(session, owner, statuses, args.limit, args.offset)
-        items = [{
+        items: list[dict[str, Any]] = [{
             "id": row.id, "sender": row.sender, "from": row.from_header,
             "subject": row.subject, "received_at": _iso(row.received_at), "size": row.size,
             "status": row.status, "reason": row.reason,

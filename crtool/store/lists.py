@@ -19,7 +19,7 @@ from crtool.store.models import AddressEntry
 IMPORT_BATCH = 5000
 
 
-def match_statement(owner: str, keys: list[str]) -> Select[tuple[str, str]]:
+def match_statement(owner: str, keys: list[str]) -> Select[str, str]:
     """The look-up, shared by the service and (compiled to text) by the fast read path."""
     return select(AddressEntry.list_name, AddressEntry.key).where(
         AddressEntry.owner == owner, AddressEntry.key.in_(keys)
@@ -32,7 +32,7 @@ def matches(session: Session, owner: str, address: str) -> list[tuple[str, str]]
     if not keys:
         return []
     rows = session.execute(match_statement(owner, keys)).all()
-    return [(row[0], row[1]) for row in rows]
+    return [(name, key) for name, key in rows]
 
 
 @dataclass(frozen=True)
