@@ -89,6 +89,7 @@ class PendingBody(Base):
     pending_id: Mapped[str] = mapped_column(
         String(8), ForeignKey("pending.id", ondelete="CASCADE"), primary_key=True
     )
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
 
 

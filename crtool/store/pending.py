@@ -45,7 +45,7 @@ def hold(session: Session, row: Pending, raw: bytes, new_id: Callable[[], str]) 
             break
     row.id = candidate
     session.add(row)
-    session.add(PendingBody(pending_id=candidate, raw=raw))
+    session.add(PendingBody(pending_id=candidate, owner=row.owner, raw=raw))
     session.flush()
     return row
 

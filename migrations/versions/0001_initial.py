@@ -81,6 +81,7 @@ def upgrade() -> None:
     op.create_index('ix_pending_status_received', 'pending', ['owner', 'status', 'received_at'], unique=False)
     op.create_table('pending_bodies',
     sa.Column('pending_id', sa.String(length=8), nullable=False),
+    sa.Column('owner', sa.String(length=320), nullable=False),
     sa.Column('raw', sa.LargeBinary(), nullable=False),
     sa.ForeignKeyConstraint(['pending_id'], ['pending.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('pending_id')
