@@ -207,3 +207,40 @@ def test_stats_count_what_happened(mailbox: Mailbox) -> None:
                                    "released", "dropped")} == {
         "delivered": 1, "held": 1, "challenged": 1, "confirmed": 1, "released": 1,
         "dropped": 0}
+
+
+def test_owner_template_overrides_the_shipped_one(mailbox: Mailbox) -> None:
+    templates = mailbox.home / "templates"
+    templates.mkdir()
+    (templates / "challenge.txt").write_text(
+        "Hi {{ sender }}, reply to {{ confirm_address }} please.\n")
+    assert mailbox.deliver(message(), STRANGER).returncode == 99
+    [(_, challenge)] = mailbox.outbox.drain(1)
+    assert challenge.get_content() == (
+        f"Hi {STRANGER}, reply to {confirm_address_of(challenge)} please.\n")
+
+
+def test_broken_template_is_a_temporary_failure_that_holds_nothing(mailbox: Mailbox) -> None:
+    """Strict undefined variables: a typo in the owner's template must not send a challenge
+    with a hole in it, nor hold the message unchallenged; qmail retries after the fix."""
+    templates = mailbox.home / "templates"
+    templates.mkdir()
+    (templates / "challenge.txt").write_text("Reply to {{ confirm_adress }}.\n")
+    result = mailbox.deliver(message(), STRANGER)
+    assert result.returncode == 111
+    assert result.stderr.startswith(b"crtool: challenge template:")
+    assert result.stderr.count(b"\n") == 1
+    assert held_ids(mailbox) == []
+    mailbox.outbox.drain(0)
+    (templates / "challenge.txt").unlink()
+    assert mailbox.deliver(message(), STRANGER).returncode == 99
+    mailbox.outbox.drain(1)
+
+
+def test_sandbox_refuses_unsafe_template_code(mailbox: Mailbox) -> None:
+    templates = mailbox.home / "templates"
+    templates.mkdir()
+    (templates / "challenge.txt").write_text("{{ sender.__class__.__mro__ }}\n")
+    result = mailbox.deliver(message(), STRANGER)
+    assert result.returncode == 111 and b"challenge template" in result.stderr
+    mailbox.outbox.drain(0)
