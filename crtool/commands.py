@@ -55,7 +55,7 @@ def _now() -> int:
 def _engine(settings: Settings, create: bool = False) -> Any:
     from crtool.store.engine import make_engine
 
-    return make_engine(settings.database_url, create=create)
+    return make_engine(settings.database_url, create=create, timeout=settings.database_timeout)
 
 
 def _iso(epoch: int | None) -> str | None:

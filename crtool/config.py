@@ -75,6 +75,7 @@ class Settings:
     challenge_window: int = 86400
     challenge_global_limit: int = 30
     sendmail_timeout: int = 60
+    database_timeout: int = 30
     authserv_id: str = ""
 
     @property
@@ -91,7 +92,7 @@ class Settings:
         return self.address.lower()
 
 
-_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout"}
+_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit"}
 _CHOICES = {
     "mta": MTA_PROFILES,
@@ -209,6 +210,8 @@ challenge_limit = {settings.challenge_limit}
 challenge_window = "{format_duration(settings.challenge_window)}"
 challenge_global_limit = {settings.challenge_global_limit}
 sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
+# How long a delivery waits for the database lock before the MTA is asked to retry.
+database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
 """

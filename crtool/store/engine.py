@@ -34,9 +34,11 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def make_engine(url: str, create: bool = False, read_only: bool = False) -> Engine:
+def make_engine(url: str, create: bool = False, read_only: bool = False,
+                timeout: float = BUSY_TIMEOUT_S) -> Engine:
     """An engine for `url`. Without `create`, a missing SQLite file is a TemporaryFailure:
-    an empty new database would whitelist no one and challenge everybody."""
+    an empty new database would whitelist no one and challenge everybody. `timeout` is how
+    long SQLite waits for another writer's lock (config `database_timeout`)."""
     path = sqlite_path(url)
     if path is None:
         return create_engine(url, pool_pre_ping=False)
@@ -47,7 +49,7 @@ def make_engine(url: str, create: bool = False, read_only: bool = False) -> Engi
 
     def connect() -> sqlite3.Connection:
         return sqlite3.connect(
-            target, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+            target, uri=True, timeout=timeout, isolation_level=None,
             check_same_thread=False,
         )
 
@@ -56,7 +58,7 @@ def make_engine(url: str, create: bool = False, read_only: bool = False) -> Engi
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
