@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, maildir, policy, tokens
+from crtool import addresses, challenge, fastpath, maildir, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import STORED_CAP, Envelope, RawMessage, digest
 from crtool.errors import BadToken, NotFound
 from crtool.exits import Outcome
-from crtool.message import Facts, clean_text, parse_head
+from crtool.fastpath import trace_prefix
+from crtool.message import Facts, parse_head
 from crtool.outbox import Outbox
 from crtool.store import lists, log, pending
 from crtool.store.engine import transaction
@@ -66,31 +67,13 @@ class Mailbox:
         return int(self.clock())
 
 
-def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
-    """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
-    Postfix already carries them (DESIGN §7a), so it gets none."""
-    if row_mta != "qmail":
-        return b""
-    lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"
-             f"Delivered-To: {clean_text(recipient, 320)}\n")
-    return lines.encode("utf-8", "replace")
-
-
 # Incoming mail ------------------------------------------------------------------------------
 
 def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
     """Decide and carry out one incoming message. Raises TemporaryFailure (or lets a database
     or disk error escape) only when the environment is broken."""
     facts = parse_head(raw.head)
-    incoming = policy.Incoming(
-        sender=envelope.sender,
-        sender_valid=envelope.sender_valid,
-        recipient=envelope.recipient,
-        facts=facts,
-        owner_address=box.settings.address,
-        delimiter=box.settings.delimiter,
-        authserv_id=box.settings.authserv_id,
-    )
+    incoming = fastpath.incoming(box.settings, envelope, facts)
     token = addresses.parse_confirm(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
     if token is not None:
@@ -116,11 +99,8 @@ def _accept(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
     key = verdict.listing.key if verdict.listing else ""
     log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
-    if box.settings.delivery == "continue":
-        return Result(Outcome.CONTINUE, f"whitelisted ({key})")
-    prefix = trace_prefix(box.settings.mta, envelope.sender, envelope.recipient)
-    path = maildir.deliver(box.settings.maildir, raw.chunks(), prefix)
-    return Result(Outcome.DELIVERED, f"whitelisted ({key}); delivered to {path.name}")
+    outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
+    return Result(outcome, detail)
 
 
 def _blacklisted(box: Mailbox, session: Session, envelope: Envelope,

@@ -1,0 +1,176 @@
+"""The whitelisted check without SQLAlchemy (DESIGN §7b), and the acceptance both paths share.
+
+Most mail of a mature installation comes from whitelisted senders, and importing SQLAlchemy costs
+about 170 ms per process. So for a SQLite database `deliver` first asks the list through the
+standard library's `sqlite3`, read-only (`mode=ro`), with the text SQLAlchemy compiles from
+`store.lists.match_statement` (kept here as a constant; tests/unit/test_fastpath.py proves it is
+still what SQLAlchemy compiles, so the schema keeps one source of truth). The decision itself is
+`policy.classify`, the same function the full path calls.
+
+Only a plain "whitelisted" is decided here. A blacklisted or unknown sender, a confirm reply, a
+null sender, another database, or any error on the way returns None, and the full path
+(SQLAlchemy, `service.deliver`) decides again from scratch: the fast path can only skip work,
+never change an outcome.
+
+How it counts what it accepts: the full path records a "delivered" event per message, but that
+is a write, and every write goes through SQLAlchemy (DESIGN §7b), the very import this path
+avoids; writing the event through `sqlite3` would be a second implementation of the store. So
+the fast path appends one byte to HOME/delivered.tally instead (O_APPEND: concurrent deliveries
+never lose each other's byte), and `stats` adds the file's size to the events it counts. The
+count stays exact; what the tally does not keep is the event's time, sender and matching key,
+which `stats` does not show. The byte is not fsynced and a failure to write it is ignored: a
+count is not worth a retry of a message that is already accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from crtool import addresses, policy
+from crtool.config import Settings
+from crtool.envelope import Envelope, RawMessage
+from crtool.exits import Outcome
+from crtool.message import Facts, clean_text, parse_head
+
+# str(lists.match_statement(owner, keys).compile(dialect=sqlite)), with the expanding IN
+# parameter as SQLAlchemy leaves it before the number of keys is known.
+MATCH_SQL = (
+    'SELECT address_entries.list_name, address_entries."key" \n'
+    "FROM address_entries \n"
+    'WHERE address_entries.owner = ? AND address_entries."key" IN (__[POSTCOMPILE_key_1])'
+)
+_IN_PLACEHOLDER = "__[POSTCOMPILE_key_1]"
+_SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
+TALLY_NAME = "delivered.tally"
+
+
+def match_sql(count: int) -> str:
+    """MATCH_SQL for `count` keys, as SQLAlchemy renders it (render_postcompile): the owner's
+    parameter first, then one `?` per key."""
+    return MATCH_SQL.replace(_IN_PLACEHOLDER, ", ".join(["?"] * count))
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a plain SQLite URL, or None for anything this path will not interpret
+    (another database, in-memory, query options, escapes): the full path handles those."""
+    for prefix in _SQLITE_PREFIXES:
+        if url.startswith(prefix):
+            database = url[len(prefix):]
+            break
+    else:
+        return None
+    if not database or database == ":memory:" or any(c in database for c in "?#%"):
+        return None
+    return Path(database)
+
+
+def _uri(path: Path) -> str:
+    # The three characters that mean something in an SQLite URI's path part.
+    text = str(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+    return f"file:{text}?mode=ro"
+
+
+def lookup(path: Path, owner: str, sender: str,
+           timeout: float = 30.0) -> list[tuple[str, str]] | None:
+    """Every (list, key) matching `sender`, read-only; None when the database cannot be read
+    (missing, locked past `timeout`, not crtool's schema), so that the full path decides."""
+    keys = addresses.lookup_keys(sender)
+    if not keys:
+        return []
+    try:
+        connection = sqlite3.connect(_uri(path), uri=True, timeout=timeout,
+                                     isolation_level=None)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = connection.execute(match_sql(len(keys)), [owner, *keys]).fetchall()
+    except sqlite3.Error:
+        return None
+    finally:
+        connection.close()
+    return [(str(row[0]), str(row[1])) for row in rows]
+
+
+def incoming(settings: Settings, envelope: Envelope, facts: Facts) -> policy.Incoming:
+    """What policy needs to know of one message; built alike by both paths."""
+    return policy.Incoming(
+        sender=envelope.sender,
+        sender_valid=envelope.sender_valid,
+        recipient=envelope.recipient,
+        facts=facts,
+        owner_address=settings.address,
+        delimiter=settings.delimiter,
+        authserv_id=settings.authserv_id,
+    )
+
+
+def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str | None:
+    """The whitelist key that accepts this message, or None when the fast path cannot say so
+    (see the module docstring)."""
+    if not envelope.sender:
+        return None
+    path = sqlite_file(settings.database_url)
+    if path is None:
+        return None
+    rows = lookup(path, settings.owner, envelope.sender,
+                  float(settings.database_timeout))
+    if rows is None:
+        return None
+    verdict = policy.classify(incoming(settings, envelope, parse_head(raw.head)),
+                              policy.decide_listing(rows))
+    if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
+        return None
+    return verdict.listing.key
+
+
+def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
+    """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
+    Postfix already carries them (DESIGN §7a), so it gets none."""
+    if row_mta != "qmail":
+        return b""
+    lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"
+             f"Delivered-To: {clean_text(recipient, 320)}\n")
+    return lines.encode("utf-8", "replace")
+
+
+def accept(settings: Settings, envelope: Envelope, raw: RawMessage,
+           key: str) -> tuple[Outcome, str]:
+    """Carry out "whitelisted": let the MTA's next line deliver, or write the Maildir.
+
+    Side effect with `delivery = "maildir"`: one new file in the Maildir. Both the fast path
+    and `service` call this, so accepted mail goes the same way whichever decided.
+    """
+    if settings.delivery == "continue":
+        return Outcome.CONTINUE, f"whitelisted ({key})"
+    from crtool import maildir
+
+    prefix = trace_prefix(settings.mta, envelope.sender, envelope.recipient)
+    path = maildir.deliver(settings.maildir, raw.chunks(), prefix)
+    return Outcome.DELIVERED, f"whitelisted ({key}); delivered to {path.name}"
+
+
+def count_delivery(home: Path) -> None:
+    """Add one to the fast path's tally of accepted messages (one byte, appended).
+
+    Side effect: HOME/delivered.tally grows by one byte; errors are ignored (see above).
+    """
+    try:
+        fd = os.open(home / TALLY_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    try:
+        os.write(fd, b".")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def tallied_deliveries(home: Path) -> int:
+    """How many messages the fast path accepted: the tally's size, for `stats`."""
+    try:
+        return (home / TALLY_NAME).stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,123 @@
+"""The fast read path (DESIGN §7b): the SQL it runs is what SQLAlchemy compiles from the one
+schema, it reads the lists exactly as the full path does, and it only ever says "whitelisted"."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.dialects import sqlite
+
+from crtool import addresses, fastpath, policy
+from crtool.config import Settings
+from crtool.envelope import Envelope, RawMessage
+from crtool.store import lists, schema
+from crtool.store.engine import enable_wal, make_engine, sqlite_path, transaction
+
+OWNER = "alice@example.test"
+
+
+@pytest.mark.parametrize("count", range(1, 13))
+def test_match_sql_is_what_sqlalchemy_compiles(count: int) -> None:
+    # The committed text must follow the model: a renamed column or table fails here.
+    keys = [f"k{i}" for i in range(count)]
+    statement = lists.match_statement(OWNER, keys)
+    engine = make_engine("sqlite://")
+    for dialect in (sqlite.dialect(), engine.dialect):
+        compiled = statement.compile(dialect=dialect,
+                                     compile_kwargs={"render_postcompile": True})
+        assert str(compiled) == fastpath.match_sql(count)
+        assert [compiled.params[name] for name in compiled.positiontup or []] == [OWNER, *keys]
+    assert str(statement.compile(dialect=sqlite.dialect())) == fastpath.MATCH_SQL
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:////var/lib/crtool/crtool.db",
+    "sqlite:///relative/crtool.db",
+    "sqlite+pysqlite:////abs/crtool.db",
+    "sqlite:////home/a b/crtool.db",
+])
+def test_sqlite_file_agrees_with_sqlalchemy(url: str) -> None:
+    assert fastpath.sqlite_file(url) == sqlite_path(url)
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite://", "sqlite:///:memory:", "postgresql://u@h/db",
+    "sqlite:////x/crtool.db?timeout=5", "sqlite:////x/100%25.db",
+])
+def test_urls_it_will_not_interpret_go_to_the_full_path(url: str) -> None:
+    assert fastpath.sqlite_file(url) is None
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    path = tmp_path / "crtool.db"
+    engine = make_engine(f"sqlite:///{path}", create=True)
+    schema.upgrade(engine)
+    enable_wal(engine)
+    with transaction(engine) as session:
+        for list_name, text in ((policy.WHITE, "@example.org"), (policy.WHITE, "friend@junk.test"),
+                                (policy.BLACK, "spam@example.org"), (policy.BLACK, "@junk.test")):
+            lists.add(session, OWNER, list_name, addresses.parse_pattern(text), "", 0)
+    engine.dispose()
+    return Settings(home=tmp_path, address=OWNER, maildir=tmp_path / "Maildir",
+                    database_url=f"sqlite:///{path}")
+
+
+def _key(settings: Settings, sender: str, recipient: str = OWNER) -> str | None:
+    raw = RawMessage.from_bytes(b"From: x@example.org\nSubject: hi\n\nbody\n")
+    return fastpath.whitelisted(settings, Envelope(sender, recipient), raw)
+
+
+def test_lookup_returns_what_the_full_path_returns(settings: Settings) -> None:
+    engine = make_engine(settings.database_url)
+    for sender in ("bob@example.org", "spam@Example.org", "friend@junk.test", "x@junk.test",
+                   "nobody@else.test", "not an address"):
+        with transaction(engine, write=False) as session:
+            full = sorted(lists.matches(session, OWNER, sender))
+        assert sorted(fastpath.lookup(Path(settings.database_url[10:]), OWNER, sender) or []) \
+            == full
+    engine.dispose()
+
+
+def test_only_a_plain_whitelisted_sender_is_decided(settings: Settings) -> None:
+    assert _key(settings, "Bob@Example.ORG") == "@example.org"
+    assert _key(settings, "friend@junk.test") == "friend@junk.test"
+    # Blacklisted, unknown, null sender and confirm replies are left to the full path.
+    assert _key(settings, "spam@example.org") is None
+    assert _key(settings, "x@junk.test") is None
+    assert _key(settings, "stranger@remote.test") is None
+    assert _key(settings, "") is None
+    assert _key(settings, "bob@example.org", "alice-confirm-abcd@example.test") is None
+
+
+def test_an_unreadable_database_leaves_the_decision_to_the_full_path(
+        settings: Settings, tmp_path: Path) -> None:
+    missing = Settings(home=tmp_path, address=OWNER, maildir=tmp_path / "Maildir",
+                       database_url=f"sqlite:///{tmp_path / 'missing.db'}")
+    assert _key(missing, "bob@example.org") is None
+    assert not (tmp_path / "missing.db").exists()
+    empty = tmp_path / "empty.db"
+    empty.write_bytes(b"")
+    foreign = Settings(home=tmp_path, address=OWNER, maildir=tmp_path / "Maildir",
+                       database_url=f"sqlite:///{empty}")
+    assert _key(foreign, "bob@example.org") is None
+
+
+def test_the_tally_counts_each_accepted_message(tmp_path: Path) -> None:
+    assert fastpath.tallied_deliveries(tmp_path) == 0
+    for _ in range(3):
+        fastpath.count_delivery(tmp_path)
+    assert fastpath.tallied_deliveries(tmp_path) == 3
+    assert (tmp_path / fastpath.TALLY_NAME).stat().st_mode & 0o777 == 0o600
+
+
+def test_the_lean_modules_import_nothing_heavy() -> None:
+    # What `crtool deliver` imports before it knows it needs SQLAlchemy, Jinja2 or itsdangerous.
+    code = ("import sys, crtool.cli, crtool.client, crtool.delivery, crtool.fastpath; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('sqlalchemy', 'jinja2', 'itsdangerous', 'alembic')]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "[]"
