@@ -8,12 +8,14 @@ and the headers are set through the email package, which refuses CR and LF in a 
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import formatdate, make_msgid
+from typing import Any
 
 from crtool import addresses
 from crtool.config import Settings
@@ -76,6 +78,35 @@ def context_for(settings: Settings, sender: str, facts: Facts, data: bytes, toke
     )
 
 
+def environment(settings: Settings) -> Any:
+    """The sandboxed Jinja2 environment for this owner's templates, made once per process.
+
+    A resident server (`crtool serve`) renders many challenges, and compiling the template each
+    time would cost more than rendering it. Jinja2 re-reads a template whose file changed; an
+    override created (or edited) in HOME/templates changes the cache key, so it takes effect
+    at once too.
+    """
+    override = settings.templates_dir / TEMPLATE
+    try:
+        stamp: int | None = override.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    return _environment(str(settings.templates_dir), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(templates_dir: str, _override_stamp: int | None) -> Any:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    return SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([templates_dir, str(shipped_dir("templates"))]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 - a text/plain mail body, not HTML
+        keep_trailing_newline=True,
+    )
+
+
 def render(settings: Settings, context: ChallengeContext) -> str:
     """The body, from HOME/templates/challenge.txt if the owner has one, else the shipped one.
 
@@ -83,19 +114,12 @@ def render(settings: Settings, context: ChallengeContext) -> str:
     environment: TemporaryFailure, so the message is retried rather than held unchallenged.
     """
     import jinja2
-    from jinja2.sandbox import SandboxedEnvironment
 
-    environment = SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(
-            [str(settings.templates_dir), str(shipped_dir("templates"))]),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - a text/plain mail body, not HTML
-        keep_trailing_newline=True,
-    )
     try:
-        return environment.get_template(TEMPLATE).render(**context.__dict__)
+        body: str = environment(settings).get_template(TEMPLATE).render(**context.__dict__)
     except jinja2.TemplateError as error:
         raise TemporaryFailure(f"challenge template: {error}") from None
+    return body
 
 
 def build(settings: Settings, context: ChallengeContext, body: str, now: int) -> bytes:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from crtool.errors import BadToken, NotFound, PermanentFailure, TemporaryFailure, UsageError
+from crtool.errors import BadToken, NotFound, TemporaryFailure, UsageError
 from crtool.exits import EXIT_CODES_HELP
 
 EXIT_OK = 0
@@ -86,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--sender", help="envelope sender (overrides $SENDER)")
     deliver.add_argument("--recipient", help="envelope recipient (overrides $RECIPIENT)")
 
+    sub.add_parser(
+        "serve", help="the resident mode: keep crtool loaded for deliver (foreground)",
+        description="Run in the foreground under a supervisor (daemontools, runit, systemd; "
+        "see etc/crtool-serve.*), listening on HOME/crtool.sock (0600, the owner's uid only). "
+        "While it runs, deliver hands each message to it; when it is stopped, deliver "
+        "handles messages itself. SIGTERM finishes the deliveries under way and exits 0.")
+
     _add_list_commands(sub, "whitelist")
     _add_list_commands(sub, "blacklist")
 
@@ -122,62 +128,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _describe(error: BaseException) -> str:
     """One line for an unexpected error, saying what broke rather than where."""
-    try:
-        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+    from crtool.delivery import describe
 
-        if isinstance(error, DBAPIError) and error.orig is not None:
-            return f"database error: {' '.join(str(error.orig).split())[:300]}"
-        if isinstance(error, SQLAlchemyError):
-            return f"database error: {' '.join(str(error).split())[:300]}"
-    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
-        pass
-    if isinstance(error, OSError):
-        where = f" ({error.filename})" if error.filename else ""
-        return f"{error.strerror or error}{where}"
-    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    return describe(error)
 
 
-def _guess_mta(cli_mta: str | None) -> str:
-    """The profile before the config is read: a qmail environment has DTLINE; anything else
-    gets 75, which both qmail and Postfix retry (111 would bounce under Postfix)."""
-    if cli_mta:
-        return cli_mta
-    return "qmail" if "DTLINE" in os.environ or "RPLINE" in os.environ else "sysexits"
+def _print_traceback(error: BaseException) -> None:
+    """For --debug; `traceback` is imported only then, since deliver pays for every import."""
+    import traceback
+
+    traceback.print_exception(error)
 
 
 def run_deliver(args: argparse.Namespace) -> int:
-    """`crtool deliver`: never raises; every failure of the environment is a retry."""
-    from crtool import exits
+    """`crtool deliver`: never raises; every failure of the environment is a retry.
 
-    mta = _guess_mta(args.mta)
+    When HOME/crtool.sock exists the resident server (`crtool serve`) is asked first, through
+    a client that imports only the standard library; when it is absent, refuses or does not
+    answer, the message is delivered here by the same code (delivery.handle), more slowly.
+    """
+    from crtool import client, exits
+
+    request = client.Request.of_process(os.environb, args.mta, args.sender, args.recipient)
+    stream = sys.stdin.buffer
+    answer: client.Answer | None = None
     try:
-        from crtool import service
-        from crtool.config import load_settings, resolve_home, with_mta
-        from crtool.envelope import Envelope, RawMessage
-        from crtool.outbox import SendmailOutbox
-        from crtool.store.engine import make_engine
-        from crtool.tokens import load_keys, secrets_of
+        from crtool.config import resolve_home
 
         home = resolve_home(args.home, os.environ)
-        settings = with_mta(load_settings(home), args.mta)
-        mta = settings.mta
-        envelope = Envelope.from_environ(os.environb, args.sender, args.recipient)
-        raw = RawMessage.read(sys.stdin.buffer, strip_from_line=mta != "qmail")
-        box = service.Mailbox(
-            settings=settings,
-            engine=make_engine(settings.database_url),
-            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-            keys=lambda: secrets_of(load_keys(settings.keys_path)),
-        )
-        result = service.deliver(box, envelope, raw)
-        outcome, detail = result.outcome, result.detail
-    except TemporaryFailure as error:
-        outcome, detail = exits.Outcome.TEMPFAIL, str(error)
-    except PermanentFailure as error:
-        outcome, detail = exits.Outcome.BOUNCED, str(error)
+        if os.path.exists(home / client.SOCKET_NAME):
+            answer, stream = client.deliver(str(home), request, stream)
+        if answer is None:
+            # Imported only now: a client whose server answered never loads the delivery code.
+            from crtool import delivery
+
+            answer = delivery.handle(home, request, stream, delivery.OneShot(), fast=True,
+                                     on_error=_print_traceback if args.debug else None)
+        mta, outcome, detail = answer.mta, exits.Outcome(answer.outcome), answer.detail
     except BaseException as error:  # noqa: BLE001 - anything unexpected: the MTA retries
+        from crtool.delivery import guess_mta
+
         if args.debug:
-            traceback.print_exc()
+            _print_traceback(error)
+        mta = guess_mta(request)
         outcome, detail = exits.Outcome.TEMPFAIL, _describe(error)
     if mta == "sysexits":
         code = 75 if outcome is exits.Outcome.TEMPFAIL else exits.code(outcome, "postfix")
@@ -191,6 +184,19 @@ def run_deliver(args: argparse.Namespace) -> int:
     return code
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """`crtool serve`: a broken installation stops it at once with one line and exit 4."""
+    from crtool import serve
+    from crtool.config import resolve_home
+
+    try:
+        return serve.run(resolve_home(args.home, os.environ))
+    except TemporaryFailure as error:
+        return _fail(args, error, f"error: {error}", EXIT_ENVIRONMENT)
+    except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug
+        return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -199,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
     if args.command == "deliver":
         return run_deliver(args)
+    if args.command == "serve":
+        return run_serve(args)
 
     from crtool import commands
 
@@ -222,6 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(args: argparse.Namespace, error: BaseException, line: str, code: int) -> int:
     if args.debug:
-        traceback.print_exception(error)
+        _print_traceback(error)
     sys.stderr.write(f"crtool: {line}\n")
     return code

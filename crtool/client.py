@@ -1,0 +1,217 @@
+"""`crtool deliver` as a client of the resident server (`crtool serve`), like spamc to spamd.
+
+This module imports only the standard library: a client that paid for SQLAlchemy would gain
+nothing from the server. It hands the server the envelope and the message's file descriptor and
+maps nothing itself; the caller turns the answer into an exit code (exits.py).
+
+Why the descriptor is passed (SCM_RIGHTS) rather than the bytes streamed: qmail hands a program
+delivery the message as a seekable file, so the server can read the header block straight from
+it and never touch the body of a whitelisted 50 MB message, with no copy through this process.
+The server reads with pread at an offset and never moves the shared file position, so if it
+dies, refuses or does not answer, this process still has its stdin exactly as it got it and
+delivers in-process. A pipe (Postfix, procmail) cannot be re-read, so its bytes are first
+copied into an unlinked file in HOME; both the server and the fallback read that copy.
+
+Wire format, over an AF_UNIX SOCK_SEQPACKET socket (one packet each way, so no framing):
+request = MAGIC + offset + fields, each field "-" (absent) or "+" len(4) bytes; the server sends
+ACK once it has the request, then one answer packet "mta NUL outcome NUL detail".
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+SOCKET_NAME = "crtool.sock"
+MAGIC = b"crtool/1\n"
+ACK = b"A"
+MAX_PACKET = 256 * 1024
+# How long a server may take to take the request: a live server acknowledges at once, so
+# anything slower means it is stuck and the message is better handled here.
+ACK_TIMEOUT = 5.0
+# How long a delivery may take once acknowledged: the database's busy timeout and sendmail's
+# timeout both fit in it. After it the message is handled here; a hold the server committed
+# meanwhile is found by its digest, so nothing is held twice.
+ANSWER_TIMEOUT = 300.0
+# The environment variables a delivery reads (envelope.py and the exit profile guess).
+ENVIRON_KEYS = (b"SENDER", b"RECIPIENT", b"DTLINE", b"RPLINE")
+_UCRED = struct.Struct("3i")
+_COPY_CHUNK = 1024 * 1024
+
+
+class ProtocolError(Exception):
+    """A packet that is not what this protocol sends."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `crtool deliver` was given besides the message: flags and envelope environment."""
+
+    mta: str | None = None
+    sender: str | None = None
+    recipient: str | None = None
+    environ: dict[bytes, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of_process(cls, environ: object, mta: str | None, sender: str | None,
+                   recipient: str | None) -> Request:
+        """From os.environb and the command line; only ENVIRON_KEYS are kept."""
+        source = dict(environ)  # type: ignore[call-overload]
+        kept = {k: source[k] for k in ENVIRON_KEYS if k in source}
+        return cls(mta=mta, sender=sender, recipient=recipient, environ=kept)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one delivery: the exit profile, exits.Outcome's value, and why."""
+
+    mta: str
+    outcome: str
+    detail: str
+
+
+def _field(value: bytes | None) -> bytes:
+    if value is None:
+        return b"-"
+    return b"+" + len(value).to_bytes(4, "big") + value
+
+
+def _text(value: str | None) -> bytes | None:
+    return None if value is None else value.encode("utf-8", "surrogateescape")
+
+
+def encode_request(request: Request, offset: int) -> bytes:
+    parts = [MAGIC, offset.to_bytes(8, "big"),
+             _field(_text(request.mta)), _field(_text(request.sender)),
+             _field(_text(request.recipient))]
+    parts += [_field(request.environ.get(key)) for key in ENVIRON_KEYS]
+    return b"".join(parts)
+
+
+def decode_request(data: bytes) -> tuple[Request, int]:
+    """The request and the message's offset in the passed file; ProtocolError when malformed."""
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+        raise ProtocolError("not a crtool request")
+    position = len(MAGIC)
+    offset = int.from_bytes(data[position:position + 8], "big")
+    position += 8
+    values: list[bytes | None] = []
+    for _ in range(3 + len(ENVIRON_KEYS)):
+        marker = data[position:position + 1]
+        if marker == b"-":
+            values.append(None)
+            position += 1
+        elif marker == b"+" and len(data) >= position + 5:
+            size = int.from_bytes(data[position + 1:position + 5], "big")
+            value = data[position + 5:position + 5 + size]
+            if len(value) != size:
+                raise ProtocolError("truncated field")
+            values.append(value)
+            position += 5 + size
+        else:
+            raise ProtocolError("malformed field")
+    if position != len(data):
+        raise ProtocolError("trailing bytes")
+
+    def text(value: bytes | None) -> str | None:
+        return None if value is None else value.decode("utf-8", "surrogateescape")
+
+    environ = {key: value for key, value in zip(ENVIRON_KEYS, values[3:], strict=True)
+               if value is not None}
+    return Request(mta=text(values[0]), sender=text(values[1]), recipient=text(values[2]),
+                   environ=environ), offset
+
+
+def encode_answer(answer: Answer) -> bytes:
+    text = "\0".join((answer.mta, answer.outcome, answer.detail.replace("\0", " ")))
+    return text.encode("utf-8", "replace")[:MAX_PACKET]
+
+
+def decode_answer(data: bytes) -> Answer:
+    parts = data.decode("utf-8", "replace").split("\0")
+    if len(parts) != 3:
+        raise ProtocolError("malformed answer")
+    return Answer(*parts)
+
+
+def peer_uid(connection: socket.socket) -> int:
+    """The uid of the process at the other end, as the kernel vouches for it (SO_PEERCRED)."""
+    raw = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    return int(_UCRED.unpack(raw)[1])
+
+
+def _seekable_offset(fd: int) -> int | None:
+    try:
+        return os.lseek(fd, 0, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _spool(source: BinaryIO, directory: str) -> BinaryIO:
+    """Copy a pipe into an unlinked file in `directory` (HOME, 0700), in bounded chunks.
+
+    Side effect: drains `source`. The file vanishes when it is closed.
+    """
+    import tempfile
+
+    spool = tempfile.TemporaryFile(dir=directory)
+    while chunk := source.read(_COPY_CHUNK):
+        spool.write(chunk)
+    spool.flush()
+    spool.seek(0)
+    return spool
+
+
+def connect(path: str) -> socket.socket | None:
+    """A connection to the server at `path` run by this very user, or None."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.settimeout(ACK_TIMEOUT)
+        sock.connect(path)
+        if peer_uid(sock) != os.getuid():
+            sock.close()
+            return None
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def deliver(home: str, request: Request, stdin: BinaryIO) -> tuple[Answer | None, BinaryIO]:
+    """Ask the server in `home` to deliver; returns its answer, or None with the stream to
+    deliver from in-process (stdin itself, or the copy of a pipe), positioned at the message.
+
+    A server that is absent, refuses, dies or is too slow means None, never an error. Only a
+    pipe that cannot be copied raises (OSError): part of it is gone, so the MTA must retry.
+    """
+    sock = connect(os.path.join(home, SOCKET_NAME))
+    if sock is None:
+        return None, stdin
+    with sock:
+        stream = stdin
+        offset = _seekable_offset(stdin.fileno())
+        if offset is None:
+            stream = _spool(stdin, home)
+            offset = 0
+        try:
+            answer = _exchange(sock, request, stream.fileno(), offset)
+        except (OSError, ProtocolError, ValueError):
+            answer = None
+    if answer is None:
+        # The server reads with pread, so the position has not moved; set it all the same.
+        os.lseek(stream.fileno(), offset, os.SEEK_SET)
+    return answer, stream
+
+
+def _exchange(sock: socket.socket, request: Request, fd: int, offset: int) -> Answer | None:
+    socket.send_fds(sock, [encode_request(request, offset)], [fd])
+    if sock.recv(16) != ACK:
+        return None
+    sock.settimeout(ANSWER_TIMEOUT)
+    data = sock.recv(MAX_PACKET)
+    if not data:
+        return None
+    return decode_answer(data)

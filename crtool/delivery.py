@@ -1,0 +1,121 @@
+"""One delivery, from what the MTA handed over to an Answer: the code both ways of running share.
+
+`crtool deliver` runs `handle` in its own process when no server answers; `crtool serve` runs
+the same `handle` for each client. So there is one implementation of the delivery, and the two
+differ only in where the engine, settings and keys come from (`Resources`) and in whether the
+fast read path is tried first (it only pays where SQLAlchemy is not imported yet).
+
+Every exception becomes an Answer here, never an exit code: the CLI (the only place that maps
+outcomes to exit codes) turns the Answer into one, whichever process produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+from crtool.client import Answer, Request
+from crtool.errors import PermanentFailure, TemporaryFailure
+from crtool.exits import Outcome
+
+if TYPE_CHECKING:
+    from crtool.config import Settings
+    from crtool.service import Mailbox
+
+
+class Resources(Protocol):
+    """Where a delivery gets its settings and its Mailbox (engine, outbox, keys)."""
+
+    def settings(self, home: Path) -> Settings: ...
+
+    def mailbox(self, settings: Settings) -> Mailbox: ...
+
+
+class OneShot:
+    """Resources made fresh for one delivery and dropped with the process."""
+
+    def settings(self, home: Path) -> Settings:
+        from crtool.config import load_settings
+
+        return load_settings(home)
+
+    def mailbox(self, settings: Settings) -> Mailbox:
+        from crtool import service
+        from crtool.outbox import SendmailOutbox
+        from crtool.store.engine import make_engine
+        from crtool.tokens import load_keys, secrets_of
+
+        return service.Mailbox(
+            settings=settings,
+            engine=make_engine(settings.database_url, timeout=settings.database_timeout),
+            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
+            keys=lambda: secrets_of(load_keys(settings.keys_path)),
+        )
+
+
+def guess_mta(request: Request) -> str:
+    """The profile before the config is read: a qmail environment has DTLINE; anything else
+    gets the sysexits profile, whose 75 both qmail and Postfix retry (111 would bounce under
+    Postfix)."""
+    if request.mta:
+        return request.mta
+    if b"DTLINE" in request.environ or b"RPLINE" in request.environ:
+        return "qmail"
+    return "sysexits"
+
+
+def describe(error: BaseException) -> str:
+    """One line for an unexpected error, saying what broke rather than where."""
+    try:
+        from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+        if isinstance(error, DBAPIError) and error.orig is not None:
+            return f"database error: {' '.join(str(error.orig).split())[:300]}"
+        if isinstance(error, SQLAlchemyError):
+            return f"database error: {' '.join(str(error).split())[:300]}"
+    except ImportError:  # pragma: no cover - sqlalchemy is a dependency
+        pass
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror or error}{where}"
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def handle(home: Path, request: Request, stream: BinaryIO, resources: Resources,
+           fast: bool, on_error: Callable[[BaseException], None] | None = None) -> Answer:
+    """Deliver the message on `stream`; never raises (an Exception becomes a retry).
+
+    `fast` tries the stdlib-only whitelisted check first (fastpath.py). `on_error` is given
+    each unexpected exception (for --debug, or the server's log).
+    """
+    mta = guess_mta(request)
+    try:
+        from crtool.config import with_mta
+        from crtool.envelope import Envelope, RawMessage
+
+        settings = with_mta(resources.settings(home), request.mta)
+        mta = settings.mta
+        envelope = Envelope.from_environ(request.environ, request.sender, request.recipient)
+        raw = RawMessage.read(stream, strip_from_line=mta != "qmail")
+        if fast:
+            from crtool import fastpath
+
+            key = fastpath.whitelisted(settings, envelope, raw)
+            if key is not None:
+                outcome, detail = fastpath.accept(settings, envelope, raw, key)
+                fastpath.count_delivery(settings.home)
+                return Answer(mta, outcome.value, detail)
+        from crtool import service
+
+        result = service.deliver(resources.mailbox(settings), envelope, raw)
+        outcome, detail = result.outcome, result.detail
+    except TemporaryFailure as error:
+        outcome, detail = Outcome.TEMPFAIL, str(error)
+    except PermanentFailure as error:
+        outcome, detail = Outcome.BOUNCED, str(error)
+    except BaseException as error:  # noqa: BLE001 - anything unexpected: the MTA retries
+        if on_error is not None:
+            on_error(error)
+        outcome, detail = Outcome.TEMPFAIL, describe(error)
+    return Answer(mta, outcome.value, detail)

@@ -1,0 +1,292 @@
+"""`crtool serve`: the resident mode, like spamd to `deliver`'s spamc.
+
+It runs in the foreground (daemontools, runit or systemd supervise it; samples in etc/), keeps
+SQLAlchemy, the engine, the challenge templates and the key ring loaded, and listens on
+HOME/crtool.sock (0600, in the owner's 0700 HOME). Each connection is one delivery: the client
+passes the envelope and the message's file descriptor (client.py says why), and the server runs
+`delivery.handle` on it, the very code `deliver` runs in-process, then answers with the outcome.
+Only the owner's own processes are served: the kernel's SO_PEERCRED uid must be ours.
+
+Each delivery runs in its own thread with its own pooled SQLite connection; SQLite's BEGIN
+IMMEDIATE (or PostgreSQL's row lock) orders them exactly as it orders separate processes.
+The server never owns the message: until it has answered, the client can still deliver
+in-process, and a hold the server committed first is found again by its digest. So stopping or
+killing the server at any moment loses nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from crtool import client, delivery
+from crtool.config import Settings, load_settings
+from crtool.errors import TemporaryFailure
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from crtool.service import Mailbox
+
+BACKLOG = 64
+# More deliveries than this at once wait in the listen queue; a client whose request is not
+# taken within client.ACK_TIMEOUT delivers in-process instead.
+MAX_WORKERS = 32
+REQUEST_TIMEOUT = 10.0
+
+
+class Stop(Exception):
+    """SIGTERM or SIGINT: stop accepting, finish the deliveries under way, remove the socket."""
+
+
+class PositionalReader(io.RawIOBase):
+    """The passed descriptor read with pread from `offset`, never moving the shared file
+    position the client falls back on. Closing it closes the server's copy of the descriptor."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._position = offset
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = os.pread(self._fd, len(buffer), self._position)
+        buffer[:len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+class Warm:
+    """Resources kept between deliveries: settings (re-read when config.toml changes), one
+    engine per database URL, and the key ring (re-read when the keys file changes)."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self._lock = threading.Lock()
+        self._settings: tuple[tuple[int, int], Settings] | None = None
+        self._engines: dict[tuple[str, int], Engine] = {}
+        self._keys: dict[Path, tuple[tuple[int, int, int], list[bytes]]] = {}
+
+    def settings(self, home: Path) -> Settings:
+        """The settings, re-read whenever config.toml's modification time or size changes."""
+        try:
+            stat = (home / "config.toml").stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = (-1, -1)
+        with self._lock:
+            if self._settings is None or self._settings[0] != stamp:
+                self._settings = (stamp, load_settings(home))
+            return self._settings[1]
+
+    def engine(self, settings: Settings) -> Engine:
+        from crtool.store.engine import make_engine
+
+        key = (settings.database_url, settings.database_timeout)
+        with self._lock:
+            if key not in self._engines:
+                self._engines[key] = make_engine(settings.database_url,
+                                                 timeout=settings.database_timeout)
+            return self._engines[key]
+
+    def keys(self, path: Path) -> list[bytes]:
+        """The key ring, re-read when the file changes (mode included, so a ring made
+        world-readable is refused again by tokens.load_keys)."""
+        from crtool.tokens import load_keys, secrets_of
+
+        try:
+            stat = path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size, stat.st_mode)
+        except OSError:
+            stamp = (-1, -1, -1)
+        with self._lock:
+            cached = self._keys.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        secrets = secrets_of(load_keys(path))
+        with self._lock:
+            self._keys[path] = (stamp, secrets)
+        return secrets
+
+    def mailbox(self, settings: Settings) -> Mailbox:
+        from crtool import service
+        from crtool.outbox import SendmailOutbox
+
+        path = settings.keys_path
+        return service.Mailbox(
+            settings=settings,
+            engine=self.engine(settings),
+            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
+            keys=lambda: self.keys(path),
+        )
+
+    def warm_up(self) -> None:
+        """Import and open everything a delivery needs, so the first one is not slow, and
+        fail at start rather than at the first message when the installation is broken."""
+        from crtool import challenge, service  # noqa: F401 - imported to be loaded
+
+        settings = self.settings(self.home)
+        box = self.mailbox(settings)
+        box.keys()
+        from crtool.store.engine import transaction
+        from crtool.store.lists import matches
+
+        with transaction(box.engine, write=False) as session:
+            matches(session, settings.owner, settings.address)
+        challenge.environment(settings)
+
+    def close(self) -> None:
+        with self._lock:
+            for engine in self._engines.values():
+                engine.dispose()
+            self._engines.clear()
+
+
+def _log(line: str) -> None:
+    sys.stderr.write(f"crtool serve: {' '.join(line.split())}\n")
+    sys.stderr.flush()
+
+
+class Server:
+    """The listening socket and its worker threads."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.path = home / client.SOCKET_NAME
+        self.warm = Warm(home)
+        self.slots = threading.BoundedSemaphore(MAX_WORKERS)
+        self.workers: set[threading.Thread] = set()
+        self.workers_lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.inode: int | None = None
+
+    def bind(self) -> None:
+        """Listen on HOME/crtool.sock: bound under a temporary name with mode 0600 and renamed
+        into place, so the socket is never reachable with wider permissions. Refuses when
+        another server answers there; a stale socket file is replaced."""
+        if self.path.exists():
+            other = client.connect(str(self.path))
+            if other is not None:
+                other.close()
+                raise TemporaryFailure(f"another server is listening on {self.path}")
+        temporary = self.home / f".{client.SOCKET_NAME}.{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(temporary))
+        finally:
+            os.umask(old_umask)
+        os.chmod(temporary, 0o600)
+        listener.listen(BACKLOG)
+        os.rename(temporary, self.path)
+        self.inode = self.path.stat().st_ino
+        self.listener = listener
+
+    def unbind(self) -> None:
+        """Remove the socket if it is still ours (a newer server may have replaced it)."""
+        try:
+            if self.inode is not None and self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+        except OSError:
+            pass
+        if self.listener is not None:
+            self.listener.close()
+
+    def serve_forever(self) -> None:
+        if self.listener is None:
+            raise RuntimeError("serve_forever before bind")
+        while True:
+            connection, _ = self.listener.accept()
+            self.slots.acquire()
+            worker = threading.Thread(target=self._run, args=(connection,), daemon=False)
+            with self.workers_lock:
+                self.workers.add(worker)
+            worker.start()
+
+    def drain(self) -> None:
+        """Wait for the deliveries under way; their clients are waiting for the answers."""
+        with self.workers_lock:
+            workers = list(self.workers)
+        for worker in workers:
+            worker.join()
+
+    def _run(self, connection: socket.socket) -> None:
+        try:
+            with connection:
+                self._serve(connection)
+        except Exception as error:  # noqa: BLE001 - one connection's trouble, logged
+            _log(f"connection failed: {delivery.describe(error)}")
+        finally:
+            with self.workers_lock:
+                self.workers.discard(threading.current_thread())
+            self.slots.release()
+
+    def _serve(self, connection: socket.socket) -> None:
+        if client.peer_uid(connection) != os.getuid():
+            _log("refused a connection from another user")
+            return
+        connection.settimeout(REQUEST_TIMEOUT)
+        data, fds, _flags, _addr = socket.recv_fds(connection, client.MAX_PACKET, 4)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            _log("refused a request without exactly one message descriptor")
+            return
+        try:
+            request, offset = client.decode_request(data)
+        except client.ProtocolError as error:
+            os.close(fds[0])
+            _log(f"refused a malformed request: {error}")
+            return
+        stream = io.BufferedReader(PositionalReader(fds[0], offset))
+        with stream:
+            connection.sendall(client.ACK)
+            answer = delivery.handle(self.home, request, stream, self.warm, fast=False,
+                                     on_error=traceback.print_exception)
+        _log(f"{answer.outcome}: {answer.detail}")
+        try:
+            connection.sendall(client.encode_answer(answer))
+        except OSError:
+            # The client gave up waiting; it delivers in-process and finds any hold by digest.
+            _log("the client went away before the answer")
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def run(home: Path) -> int:
+    """`crtool serve`: until SIGTERM or SIGINT. Raises TemporaryFailure when the installation
+    is broken (no config, no database, no keys) or another server holds the socket."""
+    server = Server(home)
+    server.warm.warm_up()
+    server.bind()
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    _log(f"listening on {server.path}")
+    try:
+        server.serve_forever()
+    except Stop as stop:
+        _log(f"{stop}: finishing the deliveries under way")
+    finally:
+        server.unbind()
+        server.drain()
+        server.warm.close()
+    _log("stopped")
+    return 0
