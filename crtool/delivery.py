@@ -71,7 +71,13 @@ def describe(error: BaseException) -> str:
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
         if isinstance(error, DBAPIError) and error.orig is not None:
-            return f"database error: {' '.join(str(error.orig).split())[:300]}"
+            said = " ".join(str(error.orig).split())[:300]
+            # Under WAL a full disk shows as "disk I/O error" (the -shm file cannot grow);
+            # SQLite's error name says which write failed, the hint says what to look at.
+            name = getattr(error.orig, "sqlite_errorname", "")
+            if name.startswith(("SQLITE_IOERR", "SQLITE_FULL")):
+                return f"database error: {said} ({name}): is the disk full or failing?"
+            return f"database error: {said}"
         if isinstance(error, SQLAlchemyError):
             return f"database error: {' '.join(str(error).split())[:300]}"
     except ImportError:  # pragma: no cover - sqlalchemy is a dependency

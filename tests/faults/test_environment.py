@@ -165,7 +165,7 @@ def test_full_disk_under_the_database_is_a_tempfail(tmp_path: Path) -> None:
         message = tmp_path / "message"
         message.write_bytes(data)
         filler = fill(box.user_home)
-        assert_tempfail(deliver(box, message, STRANGER), "disk")
+        assert_tempfail(deliver(box, message, STRANGER), "disk", "full")
         filler.unlink()
         assert_nothing_written(box)
         retry = deliver(box, message, STRANGER)
