@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import socket
 import sys
 import threading
 import traceback
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from crtool import client, delivery
@@ -41,10 +41,6 @@ BACKLOG = 64
 # taken within client.ACK_TIMEOUT delivers in-process instead.
 MAX_WORKERS = 32
 REQUEST_TIMEOUT = 10.0
-
-
-class Stop(Exception):
-    """SIGTERM or SIGINT: stop accepting, finish the deliveries under way, remove the socket."""
 
 
 class PositionalReader(io.RawIOBase):
@@ -208,10 +204,14 @@ class Server:
         if self.listener is not None:
             self.listener.close()
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, wakeup: socket.socket) -> None:
+        """Accept until `wakeup` becomes readable (a signal arrived: signal.set_wakeup_fd)."""
         if self.listener is None:
             raise RuntimeError("serve_forever before bind")
         while True:
+            readable, _, _ = select.select([self.listener, wakeup], [], [])
+            if wakeup in readable:
+                return
             connection, _ = self.listener.accept()
             self.slots.acquire()
             worker = threading.Thread(target=self._run, args=(connection,), daemon=False)
@@ -267,26 +267,33 @@ class Server:
             _log("the client went away before the answer")
 
 
-def _raise_stop(signum: int, _frame: FrameType | None) -> None:
-    raise Stop(signal.Signals(signum).name)
-
-
 def run(home: Path) -> int:
     """`crtool serve`: until SIGTERM or SIGINT. Raises TemporaryFailure when the installation
-    is broken (no config, no database, no keys) or another server holds the socket."""
+    is broken (no config, no database, no keys) or another server holds the socket.
+
+    The signals only wake the accept loop (signal.set_wakeup_fd), so that no exception is
+    ever raised into the middle of a delivery or a lock.
+    """
     server = Server(home)
     server.warm.warm_up()
     server.bind()
-    signal.signal(signal.SIGTERM, _raise_stop)
-    signal.signal(signal.SIGINT, _raise_stop)
+    received: list[str] = []
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: received.append(
+            signal.Signals(number).name))
     _log(f"listening on {server.path}")
     try:
-        server.serve_forever()
-    except Stop as stop:
-        _log(f"{stop}: finishing the deliveries under way")
+        server.serve_forever(reader)
+        _log(f"{', '.join(received) or 'signal'}: finishing the deliveries under way")
     finally:
         server.unbind()
         server.drain()
         server.warm.close()
+        signal.set_wakeup_fd(-1)
+        reader.close()
+        writer.close()
     _log("stopped")
     return 0

@@ -199,7 +199,7 @@ def test_a_stuck_server_is_passed_by(mailbox: Mailbox, server: Server) -> None:
         server.process.send_signal(signal.SIGCONT)
     assert result.returncode == 99 and result.stderr.startswith(b"crtool: held as ")
     mailbox.outbox.drain(1)
-    assert server.stop() == 0
+    assert server.stop() == 0, server.log()
     assert server.served() == 0
     assert len(json.loads(mailbox.ok("pending", "list", "--json"))) == 1
 
