@@ -33,9 +33,12 @@ def crtool_executable() -> str:
 
 
 def qmail_env(sender: str, recipient: str, user_home: Path, user: str = "alice",
-              default_file: bool = True) -> dict[str, str]:
+              default_file: bool = True, default_prefix: str = "") -> dict[str, str]:
     """The environment qmail-local gives a program delivery (MTA.md), for `user`'s
-    `.qmail-default` (or `.qmail` when `default_file` is False for the bare address)."""
+    `.qmail-default` (or `.qmail` when `default_file` is False for the bare address).
+
+    `default_prefix` names a narrower default file: "confirm-" for `.qmail-confirm-default`,
+    where DEFAULT is only the part of the extension that `default` matched (the token)."""
     local, _, host = recipient.rpartition("@")
     ext = ""
     if local.lower().startswith(user.lower() + "-"):
@@ -61,7 +64,8 @@ def qmail_env(sender: str, recipient: str, user_home: Path, user: str = "alice",
     for n in range(2, 5):
         env[f"HOST{n}"] = ".".join(host_parts[: len(host_parts) - n + 1]) if host_parts else ""
     if default_file and ext:
-        env["DEFAULT"] = ext
+        assert ext.lower().startswith(default_prefix.lower()), (ext, default_prefix)
+        env["DEFAULT"] = ext[len(default_prefix):]
     return env
 
 
