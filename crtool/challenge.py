@@ -12,6 +12,7 @@ import functools
 import re
 import time
 from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import default as default_policy
 from email.utils import formatdate, make_msgid
@@ -128,7 +129,9 @@ def build(settings: Settings, context: ChallengeContext, body: str, now: int) ->
     message = EmailMessage(policy=_POLICY)
     message["From"] = context.confirm_address
     message["Reply-To"] = context.confirm_address
-    message["To"] = context.sender
+    # As an Address, so a local part such as "a:b" is quoted rather than read as a group.
+    local, domain = addresses.split_address(context.sender)
+    message["To"] = Address(username=local, domain=domain)
     message["Subject"] = f"Please confirm your message: {subject}"
     message["Date"] = formatdate(now, localtime=False, usegmt=True)
     message["Message-ID"] = make_msgid("crtool", addresses.split_address(settings.address)[1])

@@ -80,27 +80,61 @@ LIST_HEADERS = (
 BULK_PRECEDENCE = frozenset({"bulk", "list", "junk"})
 # Headers by which other challenge-response systems and crtool itself mark their challenges.
 CHALLENGE_MARKERS = ("x-crtool-challenge", "x-askversion", "x-tmda-confirm")
-_NOREPLY = re.compile(r"^(no-?reply|do-?not-?reply|donotreply)([+.\-_].*)?$|[.\-_]no-?reply$")
-_AR_RESULT = re.compile(r"\b(spf|dmarc)\s*=\s*([a-z]+)", re.IGNORECASE)
+# Microsoft's X-Auto-Response-Suppress names what kind of automatic answer the sender does not
+# want. A challenge is an automatic reply that is not an out-of-office notice: "AutoReply" (and
+# "All") forbid it; DR, NDR, RN, NRN and OOF ask for silence of other kinds.
+SUPPRESS_AUTOREPLY = frozenset({"all", "autoreply"})
+LIST_SENDERS = frozenset({"majordomo", "listserv", "mailman", "ezmlm"})
+_NOREPLY = re.compile(
+    r"^(no|do[-_.]?not)[-_.]?reply([-+._=].*)?$|[-+._]no[-_.]?reply$")
+# The confirm addresses of challenge-response systems (crtool's, TMDA's -confirm-, qconfirm's
+# -qconfirm-): mail from one of them is somebody's challenge.
+_CONFIRM_LOCAL = re.compile(r"(^|[-+._=])q?confirm[-+._=]")
+_COMMENT = re.compile(r"\([^()]*\)")
 
 
 def _local(address: str) -> str:
     return addresses.split_address(address)[0].lower()
 
 
+def _domain(address: str) -> str:
+    return addresses.split_address(address)[1].lower().rstrip(".")
+
+
+def _uncommented(value: str) -> str:
+    """The value with RFC 5322 comments removed (nested ones too), whitespace collapsed."""
+    for _ in range(8):
+        stripped = _COMMENT.sub(" ", value)
+        if stripped == value:
+            break
+        value = stripped
+    return " ".join(value.split())
+
+
+def _keyword(facts: Facts, name: str) -> str | None:
+    """The first word of a header such as Auto-Submitted or Precedence, lowercased; None when
+    the header is absent."""
+    value = facts.get(name)
+    if value is None:
+        return None
+    return _uncommented(value).split(";")[0].strip().lower()
+
+
 def _auto_submitted(m: Incoming) -> bool:
-    value = m.facts.get("auto-submitted")
-    return value is not None and value.strip().split(";")[0].strip().lower() != "no"
+    value = _keyword(m.facts, "auto-submitted")
+    return value is not None and value != "no"
 
 
 def _response_suppressed(m: Incoming) -> bool:
     value = m.facts.get("x-auto-response-suppress")
-    return value is not None and value.strip().lower() not in ("", "none")
+    if value is None:
+        return False
+    words = {w.lower() for w in re.split(r"[\s,;]+", _uncommented(value)) if w}
+    return bool(words & SUPPRESS_AUTOREPLY)
 
 
 def _bulk_precedence(m: Incoming) -> bool:
-    value = (m.facts.get("precedence") or "").strip().lower()
-    return value in BULK_PRECEDENCE
+    return (_keyword(m.facts, "precedence") or "") in BULK_PRECEDENCE
 
 
 def _own_address(m: Incoming) -> bool:
@@ -114,60 +148,181 @@ def _own_address(m: Incoming) -> bool:
     return domain == owner_domain and local.startswith(owner_local + m.delimiter)
 
 
-def forged_by_authentication(facts: Facts, authserv_id: str) -> str | None:
-    """"spf_fail" or "dmarc_fail" when the owner's own MTA says so, else None.
+def _to_confirm_address(m: Incoming) -> bool:
+    """Sent to one of the owner's confirm local parts at a domain that is not the owner's, so
+    it is no confirmation here; it answers a challenge, and answering it back could loop."""
+    prefix = addresses.confirm_prefix(m.owner_address, m.delimiter)
+    return _local(m.recipient).startswith(prefix)
 
-    Only Authentication-Results headers carrying the owner's authserv-id count: any other
-    could have been written by the sender. No DNS is looked up here.
+
+def _list_sender(m: Incoming) -> bool:
+    local = _local(m.sender)
+    return local.startswith("owner-") or local.endswith("-request") or local in LIST_SENDERS
+
+
+# Authentication-Results (RFC 8601) --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AuthResult:
+    """One result of an Authentication-Results header: `spf=fail smtp.mailfrom=x@y.test`."""
+
+    method: str
+    result: str
+    properties: dict[str, str]
+
+
+def authentication_results(facts: Facts, authserv_id: str) -> list[AuthResult]:
+    """Every result in the Authentication-Results headers written by `authserv_id`.
+
+    Only the owner's own MTA counts: the sender can write any header, and RFC 8601 §5 has the
+    receiving MTA remove (or rename) those that carry its own authserv-id. Comments are dropped,
+    so text inside parentheses can never pass for a result.
     """
     if not authserv_id:
-        return None
+        return []
+    found = []
     for value in facts.all("authentication-results"):
-        served_by = value.split(";", 1)[0].strip().split()
-        if not served_by or served_by[0].lower() != authserv_id.lower():
+        clean = re.sub(r"\s*=\s*", "=", _uncommented(value))
+        served_by, *resinfos = clean.split(";")
+        words = served_by.split()
+        if not words or words[0].lower() != authserv_id.lower():
             continue
-        for method, result in _AR_RESULT.findall(value):
-            if result.lower() in ("fail", "permerror") and method.lower() in ("spf", "dmarc"):
-                return f"{method.lower()}_fail"
+        for resinfo in resinfos:
+            words = resinfo.split()
+            if not words or "=" not in words[0]:
+                continue
+            method, _, result = words[0].partition("=")
+            properties = {}
+            for word in words[1:]:
+                name, eq, prop = word.partition("=")
+                if eq:
+                    properties[name.lower()] = prop.strip('"')
+            found.append(AuthResult(method.split("/")[0].lower(), result.lower(), properties))
+    return found
+
+
+def _domain_of(value: str) -> str:
+    """The domain of a property value that may be an address (smtp.mailfrom) or a domain."""
+    return _domain(value) if "@" in value else value.lower().rstrip(".")
+
+
+def spf_failed(m: Incoming) -> bool:
+    """The owner's MTA says SPF failed for the envelope sender's domain (smtp.mailfrom).
+
+    A result for another identity (smtp.helo, or none named) proves nothing about the
+    envelope sender, and softfail, permerror and temperror are no evidence of forgery.
+    """
+    domain = _domain(m.sender)
+    return bool(domain) and any(
+        r.method == "spf" and r.result == "fail"
+        and _domain_of(r.properties.get("smtp.mailfrom", "")) == domain
+        for r in authentication_results(m.facts, m.authserv_id))
+
+
+def dmarc_failed(m: Incoming) -> bool:
+    """The owner's MTA says DMARC failed for the domain in the message's From: (header.from)."""
+    domain = _domain(m.facts.from_address)
+    return bool(domain) and any(
+        r.method == "dmarc" and r.result == "fail"
+        and _domain_of(r.properties.get("header.from", "")) == domain
+        for r in authentication_results(m.facts, m.authserv_id))
+
+
+def forged_by_authentication(m: Incoming) -> str | None:
+    """"spf_fail" or "dmarc_fail" when the owner's own MTA shows forgery, else None.
+    No DNS is looked up here: the MTA did that when it received the message."""
+    if spf_failed(m):
+        return "spf_fail"
+    if dmarc_failed(m):
+        return "dmarc_fail"
     return None
 
 
-Rule = Callable[[Incoming], bool]
+@dataclass(frozen=True)
+class Rule:
+    """One row of the checklist: the reason recorded, the test, and what triggers it."""
 
-# One row per rule, in the order they are tried. The name is the reason recorded for the
-# hold and counted by `stats`.
-SUPPRESSION_RULES: tuple[tuple[str, Rule], ...] = (
-    ("null_sender", lambda m: m.sender == ""),
-    ("double_bounce", lambda m: m.sender == "#@[]"),
-    ("mailer_daemon", lambda m: _local(m.sender) in ("mailer-daemon", "postmaster")),
-    ("invalid_sender", lambda m: not m.sender_valid),
-    ("own_address", _own_address),
-    ("to_confirm_address", lambda m: addresses.is_confirm_address(
-        m.sender, m.owner_address, m.delimiter)),
-    ("auto_submitted", _auto_submitted),
-    ("response_suppressed", _response_suppressed),
-    ("challenge", lambda m: any(m.facts.has(h) for h in CHALLENGE_MARKERS)),
-    ("list_headers", lambda m: any(m.facts.has(h) for h in LIST_HEADERS)),
-    ("bulk_precedence", _bulk_precedence),
-    ("list_sender", lambda m: (
-        _local(m.sender).startswith("owner-") or _local(m.sender).endswith("-request")
-        or _local(m.sender) in ("majordomo", "listserv", "mailman", "ezmlm"))),
-    ("noreply_sender", lambda m: bool(_NOREPLY.search(_local(m.sender)))),
-    ("no_header_block", lambda m: not m.facts.has_header_block),
-    ("spf_fail", lambda m: forged_by_authentication(m.facts, m.authserv_id) == "spf_fail"),
-    ("dmarc_fail", lambda m: forged_by_authentication(m.facts, m.authserv_id) == "dmarc_fail"),
+    reason: str
+    applies: Callable[[Incoming], bool]
+    trigger: str
+
+
+# One row per rule, in the order they are tried; the first that applies is the reason recorded
+# for the hold, shown by `pending list` and counted by `stats`. docs/reasons.md is this table
+# (tests/unit/test_policy_reasons.py keeps the two equal).
+SUPPRESSION_RULES: tuple[Rule, ...] = (
+    Rule("null_sender", lambda m: m.sender == "",
+         "the envelope sender is empty: a bounce (RFC 5321 §4.5.5)"),
+    Rule("double_bounce", lambda m: m.sender == "#@[]",
+         "the envelope sender is `#@[]`: a qmail double bounce"),
+    Rule("mailer_daemon", lambda m: _local(m.sender) in ("mailer-daemon", "postmaster"),
+         "the sender is `MAILER-DAEMON@…` or `postmaster@…`"),
+    Rule("invalid_sender", lambda m: not m.sender_valid,
+         "the envelope sender is no plain address a reply could safely go to"),
+    Rule("own_address", _own_address,
+         "the sender is the owner's own address or one of its extensions"),
+    Rule("to_confirm_address", _to_confirm_address,
+         "the message is addressed to a confirm address that is not the owner's "
+         "(another domain)"),
+    Rule("challenge_sender", lambda m: bool(_CONFIRM_LOCAL.search(_local(m.sender))),
+         "the sender is a confirm address (`…-confirm-…`, `…-qconfirm-…`): "
+         "somebody's challenge"),
+    Rule("auto_submitted", _auto_submitted,
+         "`Auto-Submitted` is present and not `no` (RFC 3834)"),
+    Rule("response_suppressed", _response_suppressed,
+         "`X-Auto-Response-Suppress` names `All` or `AutoReply`"),
+    Rule("challenge_headers", lambda m: any(m.facts.has(h) for h in CHALLENGE_MARKERS),
+         "the message carries a challenge marker (`X-Crtool-Challenge`, `X-ASKVersion`, "
+         "`X-TMDA-Confirm`)"),
+    Rule("list_headers", lambda m: any(m.facts.has(h) for h in LIST_HEADERS),
+         "a `List-*`, `Mailing-List`, `X-Mailing-List`, `X-ML-Name` or `X-List` header"),
+    Rule("bulk_precedence", _bulk_precedence, "`Precedence` is `bulk`, `list` or `junk`"),
+    Rule("list_sender", _list_sender,
+         "the sender is `owner-*`, `*-request`, `majordomo`, `listserv`, `mailman` or `ezmlm`"),
+    Rule("noreply_sender", lambda m: bool(_NOREPLY.search(_local(m.sender))),
+         "the sender is `noreply`, `no-reply`, `donotreply` or `*-noreply`"),
+    Rule("no_header_block", lambda m: not m.facts.has_header_block,
+         "the message has no header block at all"),
+    Rule("spf_fail", spf_failed,
+         "the owner's MTA (`authserv_id`) wrote `spf=fail` for the envelope sender's domain"),
+    Rule("dmarc_fail", dmarc_failed,
+         "the owner's MTA (`authserv_id`) wrote `dmarc=fail` for the From: domain"),
 )
 
-SUPPRESSION_REASONS = tuple(name for name, _ in SUPPRESSION_RULES) + (
-    "sender_rate_limit", "global_rate_limit",
+RATE_LIMIT_RULES: tuple[tuple[str, str], ...] = (
+    ("sender_rate_limit",
+     "`challenge_limit` challenges (default 1) already went to this sender within "
+     "`challenge_window` (default 24 h)"),
+    ("global_rate_limit",
+     "`challenge_global_limit` challenges (default 30) already went out in the last hour"),
 )
+
+# Every reason a held message gets no challenge, in the order they are tried.
+SUPPRESSION_REASONS: tuple[str, ...] = tuple(r.reason for r in SUPPRESSION_RULES) + tuple(
+    name for name, _ in RATE_LIMIT_RULES)
+
+# Every reason a message is dropped: nothing is held, released or sent (exit "done").
+DROP_REASONS: dict[str, str] = {
+    "blacklisted": "the sender matches the blacklist (`blacklist_action = \"drop\"`, the "
+                   "default; `\"bounce\"` bounces instead)",
+    "confirm_from_null_sender": "a reply to a confirm address from a null or `#@[]` sender",
+    "confirm_automated": "a reply to a confirm address that is automated (`Auto-Submitted`, "
+                         "`Precedence`, list headers or a challenge marker)",
+    "token_malformed": "a confirm address whose token is not one crtool could have made",
+    "token_unknown": "a well-formed token for no message held here (never issued, or purged)",
+    "token_forged": "a token whose signature does not verify under any key",
+    "token_future": "a token from a challenge time ahead of this host's clock",
+    "token_expired": "a token past `confirm_ttl`; if its message is still held, a fresh "
+                     "challenge goes to the held message's sender, within the rate limits",
+    "message_gone": "a valid token for a message the owner has deleted",
+}
 
 
 def suppression_reason(message: Incoming) -> str | None:
     """The first rule that forbids a challenge to this message's sender, or None."""
-    for name, rule in SUPPRESSION_RULES:
-        if rule(message):
-            return name
+    for rule in SUPPRESSION_RULES:
+        if rule.applies(message):
+            return rule.reason
     return None
 
 
@@ -196,6 +351,8 @@ class ChallengeCounts:
 
 
 def rate_limit_reason(counts: ChallengeCounts, per_sender: int, per_hour: int) -> str | None:
+    """Which limit forbids one more challenge now, or None; the counts include every
+    challenge recorded, so a limit of 0 means none is ever sent."""
     if counts.to_sender_in_window >= per_sender:
         return "sender_rate_limit"
     if counts.in_last_hour >= per_hour:
@@ -206,13 +363,16 @@ def rate_limit_reason(counts: ChallengeCounts, per_sender: int, per_hour: int) -
 def confirm_reply_refusal(facts: Facts, sender: str) -> str | None:
     """Why a reply to a confirm address must not count as a human's answer, or None.
 
-    A vacation program at a forged sender's address answers the challenge by itself; letting
-    that release the message would whitelist the forger. So automated replies confirm nothing.
+    A vacation program at a forged sender's address answers the challenge by itself, and so
+    does another challenge-response system; letting that release the message would whitelist
+    the forger. So replies that say they are automated confirm nothing. (A naive responder
+    that says nothing of the kind cannot be told from a person.)
     """
     if sender in ("", "#@[]"):
         return "confirm_from_null_sender"
     probe = Incoming(sender=sender, sender_valid=True, recipient="", facts=facts,
                      owner_address="")
-    if _auto_submitted(probe) or _bulk_precedence(probe):
+    if (_auto_submitted(probe) or _bulk_precedence(probe)
+            or any(facts.has(h) for h in LIST_HEADERS + CHALLENGE_MARKERS)):
         return "confirm_automated"
     return None
