@@ -308,11 +308,11 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         if not items:
             print("nothing held" if not args.all else "no messages")
             return EXIT_OK
-        print(f"{'ID':8}  {'RECEIVED (UTC)':16}  {'STATUS':8}  {'WHY':18}  {'SENDER':30}  SUBJECT")
+        print(f"{'ID':8}  {'RECEIVED (UTC)':16}  {'STATUS':8}  {'WHY':19}  {'SENDER':30}  SUBJECT")
         for item in items:
             received = (item["received_at"] or "")[:16].replace("T", " ")
             sender = item["sender"] or "<>"
-            print(f"{item['id']:8}  {received:16}  {item['status']:8}  {item['reason'][:18]:18}  "
+            print(f"{item['id']:8}  {received:16}  {item['status']:8}  {item['reason'][:19]:19}  "
                   f"{sender[:30]:30}  {item['subject'][:60]}")
         shown = args.offset + len(items)
         if shown < page.total:

@@ -293,7 +293,11 @@ def _confirmed(box: Mailbox, session: Session, row: Pending, now: int) -> Result
 
 def _rechallenge(box: Mailbox, session: Session, row: Pending, now: int,
                  keys: Sequence[bytes]) -> tuple[_Outgoing | None, str]:
-    """An expired token for a message still held: a fresh challenge, within the limits."""
+    """An expired token for a message still held: a fresh challenge, within the limits, and
+    never to a sender the owner has blacklisted since the first one."""
+    listing = _listing(session, box.owner, row.sender)
+    if listing is not None and listing.list_name == policy.BLACK:
+        return None, "confirm token expired; sender now blacklisted, no fresh challenge; dropped"
     limited = _rate_limited(box, session, row.sender_key, now)
     if limited is not None:
         return None, f"confirm token expired; no fresh challenge ({limited}); dropped"
