@@ -41,6 +41,16 @@ def _decode(value: bytes) -> tuple[str, bool]:
         return value.decode("utf-8", "replace"), False
 
 
+def _from_argv(value: str) -> tuple[str, bool]:
+    """A flag's value decoded like the environment's. Python hands undecodable argv bytes over
+    as lone surrogates, which no database driver accepts: left in, they made every retry of
+    the delivery a temporary failure."""
+    try:
+        return _decode(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8"), False
+
+
 @dataclass(frozen=True)
 class Envelope:
     """Who sent the message to whom, as the MTA says; `sender` is "" for a bounce."""
@@ -72,11 +82,15 @@ class Envelope:
             if raw is None:
                 raise TemporaryFailure("no SENDER in the environment and no --sender")
             sender, clean = _decode(raw)
+        else:
+            sender, clean = _from_argv(sender)
         if recipient is None:
             raw = environ.get(b"RECIPIENT")
             if raw is None:
                 raise TemporaryFailure("no RECIPIENT in the environment and no --recipient")
             recipient, _ = _decode(raw)
+        else:
+            recipient, _ = _from_argv(recipient)
         sender = sender.strip()
         if sender.startswith("<") and sender.endswith(">"):
             sender = sender[1:-1]
