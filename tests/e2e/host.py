@@ -147,9 +147,14 @@ alice = User("alice")
 bob = User("bob")
 
 
+def recipe(name: str) -> str:
+    """A file of etc/ as an owner installs it, naming the crtool alice can run."""
+    return (REPO / "etc" / name).read_text().replace("/usr/local/bin/crtool", str(CRTOOL))
+
+
 def reset() -> None:
     """Empty the queue, alice's and bob's Maildirs and alice's crtool HOME, then set alice up:
-    `crtool init` with the postfix profile in her config, so ~/.forward stays short."""
+    `crtool init` with the postfix profile, and etc/postfix/forward as her ~/.forward."""
     run(["postsuper", "-d", "ALL"], check=False)
     for path in (alice.maildir, alice.home / ".crtool", alice.home / ".forward", bob.maildir):
         if path.is_dir():
@@ -159,7 +164,7 @@ def reset() -> None:
     alice.crtool("init", "--address", ALICE, "--maildir", str(alice.maildir),
                  "--sendmail", SENDMAIL, "--mta", "postfix")
     forward = alice.home / ".forward"
-    forward.write_text(f'"|{CRTOOL} deliver"\n')
+    forward.write_text(recipe("postfix/forward"))
     shutil.chown(forward, "alice", "alice")
     forward.chmod(0o644)
 

@@ -158,3 +158,22 @@ def test_missing_database_defers_and_a_flush_delivers_once_it_is_back(
     assert not any("status=bounced" in line or "non-delivery" in line for line in lines), lines
     assert bob.messages(word) == []
 
+
+
+def test_cron_line_purges_in_crons_environment(shared: None) -> None:
+    # etc/crontab as cron runs it: /bin/sh, PATH=/usr/bin:/bin, HOME set, in $HOME. It must
+    # find alice's crtool HOME by itself, print nothing on success and keep what is not old.
+    word = host.marker()
+    bob.send("", ALICE, host.mail("MAILER-DAEMON@remote.test", ALICE, f"Fresh {word}",
+                                  f"{word}@remote.test"))
+    host.wait_for("the bounce held", lambda: [i for i in alice.held()
+                                             if i["subject"] == f"Fresh {word}"])
+    [line] = [line for line in host.recipe("crontab").splitlines()
+              if line and not line.startswith("#")]
+    command = line.split(None, 5)[5]
+    result = host.run(["runuser", "-u", "alice", "--", "env", "-i", f"HOME={alice.home}",
+                       "LOGNAME=alice", "SHELL=/bin/sh", "PATH=/usr/bin:/bin",
+                       "/bin/sh", "-c", f"cd && {command}"], check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert [i["subject"] for i in alice.held() if i["subject"] == f"Fresh {word}"] == [
+        f"Fresh {word}"]

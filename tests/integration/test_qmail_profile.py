@@ -13,9 +13,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support import Mailbox, confirm_address_of, crtool_executable, message, qmail_env
+from tests.support import (
+    REPO,
+    Mailbox,
+    confirm_address_of,
+    crtool_executable,
+    message,
+    qmail_env,
+)
 
 BOB = "bob@remote.test"
+RECIPES = REPO / "etc" / "qmail"
 # qmail-command(8): these program exit codes are hard errors; 0 and 99 are success and every
 # other code (111, 75 and a crash included) is a soft error that qmail retries.
 HARD = {64, 65, 70, 76, 77, 78, 100, 112}
@@ -77,6 +85,8 @@ class QmailLocal:
             stdin.write(data)
             for line in path.read_text().splitlines():
                 stdin.seek(0)
+                if line.startswith("#") or not line:
+                    continue
                 if line.startswith("|"):
                     run = subprocess.run(["/bin/sh", "-c", line[1:]], stdin=stdin, env=env,
                                          cwd=self.home, capture_output=True, timeout=120,
@@ -104,16 +114,22 @@ class QmailLocal:
         tmp.rename(maildir / "new" / name)
 
 
+def recipe(name: str) -> list[str]:
+    """A .qmail file of etc/qmail/ as an owner installs it, naming this environment's crtool."""
+    text = (RECIPES / name).read_text().replace("/usr/local/bin/crtool", crtool_executable())
+    return text.splitlines()
+
+
 def install_qmail(box: Mailbox, dedicated_confirm: bool = False) -> QmailLocal:
-    """The recipe of etc/: ~/.qmail and ~/.qmail-default run crtool, then the Maildir line;
-    with `dedicated_confirm`, ~/.qmail-confirm-default runs crtool alone."""
+    """The recipe of etc/qmail/: ~/.qmail and ~/.qmail-default run crtool, then the Maildir
+    line; with `dedicated_confirm`, ~/.qmail-confirm-default runs crtool alone."""
     qmail = QmailLocal(box)
     for sub in ("tmp", "new", "cur"):
         (box.maildir / sub).mkdir(parents=True, exist_ok=True)
     for name in (".qmail", ".qmail-default"):
-        qmail.install(name, f"|{crtool_executable()} deliver", "./Maildir/")
+        qmail.install(name, *recipe("dot-qmail-default"))
     if dedicated_confirm:
-        qmail.install(".qmail-confirm-default", f"|{crtool_executable()} deliver")
+        qmail.install(".qmail-confirm-default", *recipe("dot-qmail-confirm-default"))
     return qmail
 
 
