@@ -123,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="counts of what happened")
     stats.add_argument("--json", action="store_true")
+
+    doctor = sub.add_parser(
+        "doctor", help="check the installation; one line per problem",
+        description="Check HOME (0700) and the key ring (0600, yours), the config, the database "
+        "(PRAGMA quick_check on SQLite, schema at the newest revision), sendmail and the "
+        "challenge template. Prints one line per problem; exit 0 when there is none, 4 when "
+        "there is any.")
+    doctor.add_argument("--json", action="store_true", help="the problems as a JSON array")
     return parser
 
 
@@ -197,6 +205,27 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    """`crtool doctor`: every problem found, one line each, on stdout; exit 4 when any."""
+    import json
+
+    from crtool import doctor
+    from crtool.config import resolve_home
+
+    try:
+        found = doctor.run(resolve_home(args.home, os.environ))
+    except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug
+        return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
+    if args.json:
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+    else:
+        for line in found:
+            print(line)
+        if not found:
+            print("no problems found")
+    return EXIT_ENVIRONMENT if found else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -207,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_deliver(args)
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "doctor":
+        return run_doctor(args)
 
     from crtool import commands
 
