@@ -7,14 +7,19 @@ for every import, so each command imports what it needs when it runs.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from crtool.errors import BadToken, NotFound, TemporaryFailure, UsageError
-from crtool.exits import EXIT_CODES_HELP
+
+# Without importing typing: deliver's client path starts faster without it.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any
+
+    from crtool.client import Request
 
 EXIT_OK = 0
 EXIT_NOT_LISTED = 1
@@ -24,7 +29,7 @@ EXIT_ENVIRONMENT = 4
 
 MTA_CHOICES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
 
-EPILOG = f"""\
+EXAMPLES = """\
 examples:
   crtool init --address alice@example.test --maildir ~/Maildir
   crtool whitelist add bob@example.com @example.org '*@*.example.net'
@@ -33,8 +38,6 @@ examples:
   crtool pending release k3f9a2bq --whitelist
   printf 'Subject: hi\\n\\nhello\\n' | SENDER=bob@remote.test \\
       RECIPIENT=alice@example.test crtool deliver
-
-{EXIT_CODES_HELP}
 """
 
 
@@ -58,10 +61,14 @@ def _add_list_commands(sub: Any, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from crtool.exits import EXIT_CODES_HELP
+
     parser = argparse.ArgumentParser(
         prog="crtool",
         description="A whitelist challenge-response mail agent.",
-        epilog=EPILOG,
+        epilog=f"{EXAMPLES}\n{EXIT_CODES_HELP}\n",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--home", help="crtool's directory (default $CRTOOL_HOME, ~/.crtool)")
@@ -149,47 +156,81 @@ def _print_traceback(error: BaseException) -> None:
 
 
 def run_deliver(args: argparse.Namespace) -> int:
-    """`crtool deliver`: never raises; every failure of the environment is a retry.
-
-    When HOME/crtool.sock exists the resident server (`crtool serve`) is asked first, through
-    a client that imports only the standard library; when it is absent, refuses or does not
-    answer, the message is delivered here by the same code (delivery.handle), more slowly.
-    """
-    from crtool import client, exits
+    """`crtool deliver`: never raises; every failure of the environment is a retry."""
+    from crtool import client
+    from crtool.home import resolve
 
     request = client.Request.of_process(os.environb, args.mta, args.sender, args.recipient)
-    stream = sys.stdin.buffer
-    answer: client.Answer | None = None
-    try:
-        from crtool.config import resolve_home
+    return _deliver(resolve(args.home, os.environ), request, args.debug)
 
-        home = resolve_home(args.home, os.environ)
-        if os.path.exists(home / client.SOCKET_NAME):
-            answer, stream = client.deliver(str(home), request, stream)
-        if answer is None:
+
+def _deliver(home: str, request: Request, debug: bool) -> int:
+    """Deliver stdin: through the resident server (`crtool serve`) when HOME/crtool.sock is
+    there and it answers, else here, by the same code (delivery.handle), more slowly."""
+    from crtool import client
+
+    stream = sys.stdin.buffer
+    try:
+        reply = None
+        if os.path.exists(os.path.join(home, client.SOCKET_NAME)):
+            reply, stream = client.deliver(home, request, stream)
+        if reply is None:
             # Imported only now: a client whose server answered never loads the delivery code.
+            from pathlib import Path
+
             from crtool import delivery
 
-            answer = delivery.handle(home, request, stream, delivery.OneShot(), fast=True,
-                                     on_error=_print_traceback if args.debug else None)
-        mta, outcome, detail = answer.mta, exits.Outcome(answer.outcome), answer.detail
+            reply = delivery.status(delivery.handle(
+                Path(home), request, stream, delivery.OneShot(), fast=True,
+                on_error=_print_traceback if debug else None))
     except BaseException as error:  # noqa: BLE001 - anything unexpected: the MTA retries
-        from crtool.delivery import guess_mta
+        from crtool import delivery
 
-        if args.debug:
+        if debug:
             _print_traceback(error)
-        mta = guess_mta(request)
-        outcome, detail = exits.Outcome.TEMPFAIL, _describe(error)
-    if mta == "sysexits":
-        code = 75 if outcome is exits.Outcome.TEMPFAIL else exits.code(outcome, "postfix")
-        line = exits.stderr_line(outcome, "postfix", detail)
-    else:
-        code = exits.code(outcome, mta)
-        line = exits.stderr_line(outcome, mta, detail)
+        reply = delivery.status(delivery.failure(request, error))
+    code, line = reply
     if line:
         sys.stderr.write(line + "\n")
         sys.stderr.flush()
     return code
+
+
+_DELIVER_FLAGS = ("--mta", "--sender", "--recipient")
+
+
+def _client_deliver(argv: Sequence[str] | None) -> int | None:
+    """deliver as the resident server's client, before argparse is even imported, or None.
+
+    Taken only for the plain forms a .qmail line or a Postfix pipe runs
+    (`[--home H] deliver [--mta M] [--sender S] [--recipient R]`) and only when
+    HOME/crtool.sock exists; anything else (--debug, --help, '=' or abbreviated options, an
+    unknown MTA, a value that starts with '-') goes through build_parser() as ever.
+    """
+    words = list(sys.argv[1:] if argv is None else argv)
+    home_arg = None
+    if words[:1] == ["--home"] and len(words) > 1 and not words[1].startswith("-"):
+        home_arg, words = words[1], words[2:]
+    if words[:1] != ["deliver"]:
+        return None
+    flags: dict[str, str] = {}
+    rest = words[1:]
+    while rest:
+        if len(rest) < 2 or rest[0] not in _DELIVER_FLAGS or rest[0] in flags \
+                or rest[1].startswith("-"):
+            return None
+        flags[rest[0]], rest = rest[1], rest[2:]
+    if flags.get("--mta", "qmail") not in MTA_CHOICES:
+        return None
+    from crtool import client
+    from crtool.home import resolve
+
+    home = resolve(home_arg, os.environ)
+    if not os.path.exists(os.path.join(home, client.SOCKET_NAME)):
+        return None
+    request = client.Request.of_process(os.environb, flags.get("--mta"), flags.get("--sender"),
+                                        flags.get("--recipient"))
+    return _deliver(home, request, debug=False)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -227,6 +268,9 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quick = _client_deliver(argv)
+    if quick is not None:
+        return quick
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -1,8 +1,10 @@
 """`crtool deliver` as a client of the resident server (`crtool serve`), like spamc to spamd.
 
-This module imports only the standard library: a client that paid for SQLAlchemy would gain
-nothing from the server. It hands the server the envelope and the message's file descriptor and
-maps nothing itself; the caller turns the answer into an exit code (exits.py).
+This module imports only the standard library, and of that only `os`, `socket` and `struct`
+(no dataclasses, no typing: each costs as much as starting the interpreter): a client that paid
+for SQLAlchemy, or for much else, would gain little from the server. It hands the server the
+envelope and the message's file descriptor; the server answers with the exit code and the
+stderr line, worked out by the same code (delivery.status, exits.py) as an in-process delivery.
 
 Why the descriptor is passed (SCM_RIGHTS) rather than the bytes streamed: qmail hands a program
 delivery the message as a seekable file, so the server can read the header block straight from
@@ -14,7 +16,7 @@ copied into an unlinked file in HOME; both the server and the fallback read that
 
 Wire format, over an AF_UNIX SOCK_SEQPACKET socket (one packet each way, so no framing):
 request = MAGIC + offset + fields, each field "-" (absent) or "+" len(4) bytes; the server sends
-ACK once it has the request, then one answer packet "mta NUL outcome NUL detail".
+ACK once it has the request, then one reply packet: the exit code (1 byte) and the stderr line.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from dataclasses import dataclass, field
-from typing import BinaryIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 SOCKET_NAME = "crtool.sock"
 MAGIC = b"crtool/1\n"
@@ -46,14 +50,26 @@ class ProtocolError(Exception):
     """A packet that is not what this protocol sends."""
 
 
-@dataclass(frozen=True)
 class Request:
     """What `crtool deliver` was given besides the message: flags and envelope environment."""
 
-    mta: str | None = None
-    sender: str | None = None
-    recipient: str | None = None
-    environ: dict[bytes, bytes] = field(default_factory=dict)
+    __slots__ = ("mta", "sender", "recipient", "environ")
+
+    def __init__(self, mta: str | None = None, sender: str | None = None,
+                 recipient: str | None = None, environ: dict[bytes, bytes] | None = None,
+                 ) -> None:
+        self.mta = mta
+        self.sender = sender
+        self.recipient = recipient
+        self.environ = dict(environ or {})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Request) and all(
+            getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (f"Request(mta={self.mta!r}, sender={self.sender!r}, "
+                f"recipient={self.recipient!r}, environ={self.environ!r})")
 
     @classmethod
     def of_process(cls, environ: object, mta: str | None, sender: str | None,
@@ -62,15 +78,6 @@ class Request:
         source = dict(environ)  # type: ignore[call-overload]
         kept = {k: source[k] for k in ENVIRON_KEYS if k in source}
         return cls(mta=mta, sender=sender, recipient=recipient, environ=kept)
-
-
-@dataclass(frozen=True)
-class Answer:
-    """The outcome of one delivery: the exit profile, exits.Outcome's value, and why."""
-
-    mta: str
-    outcome: str
-    detail: str
 
 
 def _field(value: bytes | None) -> bytes:
@@ -125,16 +132,15 @@ def decode_request(data: bytes) -> tuple[Request, int]:
                    environ=environ), offset
 
 
-def encode_answer(answer: Answer) -> bytes:
-    text = "\0".join((answer.mta, answer.outcome, answer.detail.replace("\0", " ")))
-    return text.encode("utf-8", "replace")[:MAX_PACKET]
+def encode_reply(code: int, line: str) -> bytes:
+    """The exit code and the one stderr line (empty for none) of a delivery."""
+    return bytes([code]) + line.replace("\n", " ").encode("utf-8", "replace")[:MAX_PACKET - 1]
 
 
-def decode_answer(data: bytes) -> Answer:
-    parts = data.decode("utf-8", "replace").split("\0")
-    if len(parts) != 3:
-        raise ProtocolError("malformed answer")
-    return Answer(*parts)
+def decode_reply(data: bytes) -> tuple[int, str]:
+    if not data:
+        raise ProtocolError("empty reply")
+    return data[0], data[1:].decode("utf-8", "replace")
 
 
 def peer_uid(connection: socket.socket) -> int:
@@ -180,9 +186,11 @@ def connect(path: str) -> socket.socket | None:
     return sock
 
 
-def deliver(home: str, request: Request, stdin: BinaryIO) -> tuple[Answer | None, BinaryIO]:
-    """Ask the server in `home` to deliver; returns its answer, or None with the stream to
-    deliver from in-process (stdin itself, or the copy of a pipe), positioned at the message.
+def deliver(home: str, request: Request,
+            stdin: BinaryIO) -> tuple[tuple[int, str] | None, BinaryIO]:
+    """Ask the server in `home` to deliver; returns its (exit code, stderr line), or None with
+    the stream to deliver from in-process (stdin itself, or the copy of a pipe), positioned at
+    the message.
 
     A server that is absent, refuses, dies or is too slow means None, never an error. Only a
     pipe that cannot be copied raises (OSError): part of it is gone, so the MTA must retry.
@@ -206,7 +214,8 @@ def deliver(home: str, request: Request, stdin: BinaryIO) -> tuple[Answer | None
     return answer, stream
 
 
-def _exchange(sock: socket.socket, request: Request, fd: int, offset: int) -> Answer | None:
+def _exchange(sock: socket.socket, request: Request, fd: int,
+              offset: int) -> tuple[int, str] | None:
     socket.send_fds(sock, [encode_request(request, offset)], [fd])
     if sock.recv(16) != ACK:
         return None
@@ -214,4 +223,4 @@ def _exchange(sock: socket.socket, request: Request, fd: int, offset: int) -> An
     data = sock.recv(MAX_PACKET)
     if not data:
         return None
-    return decode_answer(data)
+    return decode_reply(data)

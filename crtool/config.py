@@ -178,12 +178,9 @@ def with_mta(settings: Settings, mta: str | None) -> Settings:
 
 def resolve_home(cli_home: str | None, environ: os._Environ[str] | dict[str, str]) -> Path:
     """--home, then $CRTOOL_HOME, then ~/.crtool (from $HOME, as qmail and Postfix set it)."""
-    if cli_home:
-        return Path(cli_home).expanduser().absolute()
-    if environ.get("CRTOOL_HOME"):
-        return Path(environ["CRTOOL_HOME"]).expanduser().absolute()
-    base = environ.get("HOME") or str(Path.home())
-    return Path(base) / ".crtool"
+    from crtool.home import resolve
+
+    return Path(resolve(cli_home, environ))
 
 
 def render_config(settings: Settings) -> str:

@@ -5,23 +5,53 @@ the same `handle` for each client. So there is one implementation of the deliver
 differ only in where the engine, settings and keys come from (`Resources`) and in whether the
 fast read path is tried first (it only pays where SQLAlchemy is not imported yet).
 
-Every exception becomes an Answer here, never an exit code: the CLI (the only place that maps
-outcomes to exit codes) turns the Answer into one, whichever process produced it.
+Every exception becomes an Answer here. `status` turns an Answer into the exit code and the
+stderr line through exits.py, in the server (which sends both to the client) as in-process;
+`cli.main` returns the code either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from crtool.client import Answer, Request
+from crtool import exits
+from crtool.client import Request
 from crtool.errors import PermanentFailure, TemporaryFailure
 from crtool.exits import Outcome
 
 if TYPE_CHECKING:
     from crtool.config import Settings
     from crtool.service import Mailbox
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The outcome of one delivery: the exit profile (or "sysexits" when it is only guessed),
+    exits.Outcome's value, and why."""
+
+    mta: str
+    outcome: str
+    detail: str
+
+
+def status(answer: Answer) -> tuple[int, str]:
+    """The exit code and the stderr line ("" for none) for an Answer (DESIGN §2)."""
+    outcome = Outcome(answer.outcome)
+    if answer.mta == "sysexits":
+        code = 75 if outcome is Outcome.TEMPFAIL else exits.code(outcome, "postfix")
+        line = exits.stderr_line(outcome, "postfix", answer.detail)
+    else:
+        code = exits.code(outcome, answer.mta)
+        line = exits.stderr_line(outcome, answer.mta, answer.detail)
+    return code, line or ""
+
+
+def failure(request: Request, error: BaseException) -> Answer:
+    """A delivery that broke before `handle` could say anything: a retry."""
+    return Answer(guess_mta(request), Outcome.TEMPFAIL.value, describe(error))
 
 
 class Resources(Protocol):

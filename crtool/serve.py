@@ -260,8 +260,9 @@ class Server:
             answer = delivery.handle(self.home, request, stream, self.warm, fast=False,
                                      on_error=traceback.print_exception)
         _log(f"{answer.outcome}: {answer.detail}")
+        code, line = delivery.status(answer)
         try:
-            connection.sendall(client.encode_answer(answer))
+            connection.sendall(client.encode_reply(code, line))
         except OSError:
             # The client gave up waiting; it delivers in-process and finds any hold by digest.
             _log("the client went away before the answer")
