@@ -108,6 +108,18 @@ def _environment(templates_dir: str, _override_stamp: int | None) -> Any:
     )
 
 
+def prepare(settings: Settings) -> None:
+    """Import Jinja2 and compile the template now, so that the delivery holding the write
+    lock only renders it. A template that does not compile is a TemporaryFailure here, before
+    anything is held."""
+    import jinja2
+
+    try:
+        environment(settings).get_template(TEMPLATE)
+    except jinja2.TemplateError as error:
+        raise TemporaryFailure(f"challenge template: {error}") from None
+
+
 def render(settings: Settings, context: ChallengeContext) -> str:
     """The body, from HOME/templates/challenge.txt if the owner has one, else the shipped one.
 

@@ -118,6 +118,12 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
     data = raw.whole()
     fingerprint = digest(box.owner, envelope, data)
     outgoing: _Outgoing | None = None
+    # What a challenge needs and is slow to get (Jinja2's import, the template's compilation,
+    # the key ring) is got before the write lock, which 120 concurrent deliveries queue for.
+    keys: Sequence[bytes] = ()
+    if policy.suppression_reason(incoming) is None:
+        challenge.prepare(box.settings)
+        keys = box.keys()
     with transaction(box.engine) as session:
         now = box.now()
         pending.lock_owner(session, box.owner, now)
@@ -138,7 +144,8 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
             if verdict.action is policy.Action.CHALLENGE:
                 reason = _rate_limited(box, session, sender_key, now) or reason
             challenging = reason == "challenged"
-            keys = box.keys() if challenging else ()
+            if challenging and not keys:
+                keys = box.keys()
             row = pending.hold(session, Pending(
                 owner=box.owner,
                 sender=envelope.sender[:STORED_CAP],
