@@ -341,16 +341,23 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> l
 
 # The owner's commands -------------------------------------------------------------------------
 
+def _held(session: Session, owner: str, ids: Sequence[str]) -> list[Pending]:
+    """The named messages, each still held; NotFound names the first that is not, so a
+    command acts on all of them or on none."""
+    rows = []
+    for pending_id in ids:
+        row = pending.get(session, owner, pending_id)
+        if row is None or row.status != pending.HELD:
+            raise NotFound(f"no held message {pending_id}")
+        rows.append(row)
+    return rows
+
+
 def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
     """`pending release`: deliver the named held messages, optionally whitelisting senders."""
     with transaction(box.engine) as session:
         now = box.now()
-        rows = []
-        for pending_id in ids:
-            row = pending.get(session, box.owner, pending_id)
-            if row is None or row.status != pending.HELD:
-                raise NotFound(f"no held message {pending_id}")
-            rows.append(row)
+        rows = _held(session, box.owner, ids)
         released = _release(box, session, rows, now)
         if whitelist:
             for row in rows:
@@ -359,14 +366,12 @@ def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
 
 
 def delete_ids(box: Mailbox, ids: Sequence[str]) -> list[str]:
+    """`pending delete`: the bytes go; the row stays (status deleted) so that a later
+    confirmation of it is recognised and dropped."""
     with transaction(box.engine) as session:
         now = box.now()
-        deleted = []
-        for pending_id in ids:
-            row = pending.get(session, box.owner, pending_id)
-            if row is None or row.status != pending.HELD:
-                raise NotFound(f"no held message {pending_id}")
+        rows = _held(session, box.owner, ids)
+        for row in rows:
             pending.finish(session, row, pending.DELETED, now)
             log.record_event(session, box.owner, now, "deleted", "", row.sender, row.id)
-            deleted.append(row.id)
-        return deleted
+        return [row.id for row in rows]
