@@ -26,6 +26,7 @@ EXIT_NOT_LISTED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_ENVIRONMENT = 4
+EX_TEMPFAIL = 75
 
 MTA_CHOICES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
 
@@ -275,7 +276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+        code = int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
+        words = list(sys.argv[1:] if argv is None else argv)
+        if code != 0 and "deliver" in words:
+            # A delivery line crtool cannot read is a broken installation, not a bad
+            # message: the MTA must keep the message. 75 is a retry for qmail and Postfix
+            # alike, where a usage error's 2 would bounce under Postfix.
+            return EX_TEMPFAIL
+        return code
     if args.command == "deliver":
         return run_deliver(args)
     if args.command == "serve":

@@ -244,3 +244,17 @@ def test_sandbox_refuses_unsafe_template_code(mailbox: Mailbox) -> None:
     result = mailbox.deliver(message(), STRANGER)
     assert result.returncode == 111 and b"challenge template" in result.stderr
     mailbox.outbox.drain(0)
+
+
+def test_a_delivery_line_crtool_cannot_read_is_retried_not_bounced(mailbox: Mailbox) -> None:
+    """`--recipient -x` (a recipient that looks like an option) or an unknown flag in a
+    .forward or master.cf line: exit 75, which qmail and Postfix both retry; Postfix would
+    bounce argparse's usual 2."""
+    env = qmail_env(STRANGER, "alice@example.test", mailbox.user_home)
+    for argv in (["deliver", "--recipient", "-x@example.test"], ["deliver", "--bogus"]):
+        result = subprocess.run([crtool_executable(), *argv], input=message(), env=env,
+                                capture_output=True, cwd=mailbox.user_home, check=False)
+        assert result.returncode == 75, (argv, result.stderr)
+    # The = form carries such a value safely.
+    result = mailbox.deliver(message(), STRANGER, args=("--recipient=-x@example.test",))
+    assert result.returncode == 99
