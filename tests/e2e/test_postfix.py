@@ -112,9 +112,12 @@ def test_null_sender_is_held_without_a_challenge(shared: None) -> None:
 
     [item] = host.wait_for("the bounce held in alice's database", held)
     assert (item["sender"], item["reason"], item["challenged_at"]) == ("", "null_sender", None)
-    queue_id = log.queue_id(f"{word}@remote.test")
-    assert queue_id is not None
-    assert any("status=sent (delivered to command" in line for line in log.lines(queue_id))
+    queue_id = host.wait_for("the bounce's queue id in the mail log",
+                             lambda: log.queue_id(f"{word}@remote.test"))
+    # Postfix logs the delivery only after crtool has exited, a moment after the row exists.
+    host.wait_for("Postfix logging the delivery to crtool as sent",
+                  lambda: [line for line in log.lines(queue_id)
+                           if "status=sent (delivered to command" in line])
     assert alice.messages(word) == []
 
 
