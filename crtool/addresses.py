@@ -141,7 +141,3 @@ def parse_confirm(recipient: str, owner_address: str, delimiter: str) -> str | N
     if not local.lower().startswith(prefix):
         return None
     return local[len(prefix):].lower()
-
-
-def is_confirm_address(address: str, owner_address: str, delimiter: str) -> bool:
-    return parse_confirm(address, owner_address, delimiter) is not None

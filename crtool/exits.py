@@ -70,7 +70,3 @@ def stderr_line(outcome: Outcome, mta: str, detail: str) -> str | None:
     if not is_qmail(mta) and outcome in _STATUS:
         return f"{_STATUS[outcome]} crtool: {detail}"
     return f"crtool: {detail}"
-
-
-def tempfail_code(mta: str) -> int:
-    return code(Outcome.TEMPFAIL, mta)

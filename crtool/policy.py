@@ -228,16 +228,6 @@ def dmarc_failed(m: Incoming) -> bool:
         for r in authentication_results(m.facts, m.authserv_id))
 
 
-def forged_by_authentication(m: Incoming) -> str | None:
-    """"spf_fail" or "dmarc_fail" when the owner's own MTA shows forgery, else None.
-    No DNS is looked up here: the MTA did that when it received the message."""
-    if spf_failed(m):
-        return "spf_fail"
-    if dmarc_failed(m):
-        return "dmarc_fail"
-    return None
-
-
 @dataclass(frozen=True)
 class Rule:
     """One row of the checklist: the reason recorded, the test, and what triggers it."""
