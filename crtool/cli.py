@@ -58,7 +58,8 @@ def _add_list_commands(sub: Any, name: str) -> None:
     check.add_argument("address", metavar="ADDRESS")
     imp = verbs.add_parser("import", help="add one pattern per line from FILE or - (stdin)")
     imp.add_argument("file", metavar="FILE")
-    verbs.add_parser("export", help="print every pattern, one per line")
+    export = verbs.add_parser("export", help="print every pattern, one per line")
+    _owner_option(add, remove, listing, check, imp, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--home", help="crtool's directory (default $CRTOOL_HOME, ~/.crtool)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="system mode: the host's config file (many owners, see 'owner')")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -119,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("ids", nargs="+", metavar="ID")
     purge = verbs.add_parser("purge", help="remove messages older than a duration")
     purge.add_argument("--older-than", default=None, help="e.g. 14d (default confirm_ttl)")
+    _owner_option(listing, show, release, delete, purge)
 
     db = sub.add_parser("db", help="the database schema")
     db_verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="counts of what happened")
     stats.add_argument("--json", action="store_true")
+    _owner_option(stats)
 
     doctor = sub.add_parser(
         "doctor", help="check the installation; one line per problem",
@@ -139,7 +144,52 @@ def build_parser() -> argparse.ArgumentParser:
         "challenge template. Prints one line per problem; exit 0 when there is none, 4 when "
         "there is any.")
     doctor.add_argument("--json", action="store_true", help="the problems as a JSON array")
+    _add_system_commands(sub)
     return parser
+
+
+def _add_system_commands(sub: Any) -> None:
+    """System mode (--config FILE): owners as rows, the LMTP server, its health check, and
+    --owner on every owner command."""
+    owner = sub.add_parser("owner", help="system mode: the owners this host serves",
+                           description="Owners are rows in the shared database; each has a "
+                           "Maildir or a downstream LMTP server (Dovecot's) for its mail.")
+    verbs = owner.add_subparsers(dest="verb", required=True, metavar="VERB")
+    add = verbs.add_parser("add", help="serve an owner (again: change its target or settings)")
+    add.add_argument("address", metavar="ADDR")
+    target = add.add_mutually_exclusive_group(required=True)
+    target.add_argument("--maildir", help="deliver into this Maildir")
+    target.add_argument("--lmtp-next", metavar="TARGET",
+                        help="pass on to this LMTP server: unix:PATH or HOST:PORT")
+    add.add_argument("--set", action="append", metavar="NAME=VALUE",
+                     help="a setting over the system default, e.g. confirm_ttl=7d")
+    listing = verbs.add_parser("list", help="the owners served")
+    listing.add_argument("--json", action="store_true")
+    remove = verbs.add_parser("remove", help="stop serving an owner (its data is kept)")
+    remove.add_argument("address", metavar="ADDR")
+
+    lmtp = sub.add_parser(
+        "lmtp", help="system mode: the LMTP server for the whole host (foreground)",
+        description="Serve LMTP (RFC 2033) for every owner of the host: 250 delivered or "
+        "held, 450 temporary failure, 550 5.1.1 for an address no owner has. Runs in the "
+        "foreground under systemd (etc/crtool-lmtp.service); SIGTERM lets transactions under "
+        "way finish and exits 0.")
+    lmtp.add_argument("--listen", metavar="unix:PATH|HOST:PORT",
+                      help="where to listen (default: [lmtp] listen of the config)")
+    health = sub.add_parser(
+        "health", help="system mode: is the LMTP server answering and the database reachable?",
+        description="Exit 0 and print 'ok' when the LMTP server greets and answers LHLO and "
+        "the database answers; else one line saying what failed, exit 4.")
+    health.add_argument("--listen", metavar="unix:PATH|HOST:PORT",
+                        help="the server to ask (default: [lmtp] listen of the config)")
+    health.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+
+
+
+def _owner_option(*parsers: argparse.ArgumentParser) -> None:
+    """--owner ADDR on each command (or verb) that acts for one owner, for system mode."""
+    for parser in parsers:
+        parser.add_argument("--owner", metavar="ADDR", help="system mode: the owner to act for")
 
 
 def _describe(error: BaseException) -> str:
@@ -268,6 +318,39 @@ def run_doctor(args: argparse.Namespace) -> int:
     return EXIT_ENVIRONMENT if found else EXIT_OK
 
 
+def run_hub(args: argparse.Namespace) -> int:
+    """`crtool lmtp` and `crtool health`: system mode only; a broken installation is one
+    line and exit 4."""
+    if not args.config:
+        sys.stderr.write(f"crtool: error: '{args.command}' needs --config FILE\n")
+        return EXIT_USAGE
+    from pathlib import Path
+
+    from crtool import owners
+
+    try:
+        system = owners.load_system(Path(args.config))
+        if args.command == "health":
+            from crtool import health
+
+            problem = health.check(system, args.listen or system.lmtp.listen, args.timeout)
+            if problem:
+                sys.stderr.write(f"crtool: {problem}\n")
+                return EXIT_ENVIRONMENT
+            print("ok")
+            return EXIT_OK
+        try:
+            from crtool import lmtp
+        except ImportError as error:
+            return _fail(args, error, f"error: 'lmtp' needs {error.name}: "
+                         "pip install 'crtool[hub]'", EXIT_ENVIRONMENT)
+        return lmtp.run(system, args.listen or system.lmtp.listen)
+    except TemporaryFailure as error:
+        return _fail(args, error, f"error: {error}", EXIT_ENVIRONMENT)
+    except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug
+        return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quick = _client_deliver(argv)
     if quick is not None:
@@ -290,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_serve(args)
     if args.command == "doctor":
         return run_doctor(args)
+    if args.command in ("lmtp", "health"):
+        return run_hub(args)
 
     from crtool import commands
 

@@ -33,19 +33,24 @@ LIST_NAMES = {"whitelist": "white", "blacklist": "black"}
 
 
 def run(args: argparse.Namespace) -> int:
-    home = resolve_home(args.home, os.environ)
-    if args.command == "init":
-        return init(home, args)
-    settings = load_settings(home)
-    handler = {
+    handlers = {
         "whitelist": address_list,
         "blacklist": address_list,
         "pending": pending_command,
         "db": db_command,
         "keys": keys_command,
         "stats": stats_command,
-    }[args.command]
-    return handler(settings, args)
+    }
+    if getattr(args, "config", None):
+        from crtool import system_commands
+
+        return system_commands.run(args, handlers)
+    if args.command == "owner":
+        raise UsageError("'owner' needs --config FILE (system mode)")
+    home = resolve_home(args.home, os.environ)
+    if args.command == "init":
+        return init(home, args)
+    return handlers[args.command](load_settings(home), args)
 
 
 def _now() -> int:

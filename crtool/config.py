@@ -19,7 +19,8 @@ CONFIG_NAME = "config.toml"
 KEYS_NAME = "keys"
 DATABASE_NAME = "crtool.db"
 
-MTA_PROFILES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
+# "lmtp" is the profile of mail taken over LMTP by `crtool lmtp` (hub mode): sysexits-like.
+MTA_PROFILES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot", "lmtp")
 DELIVERY_MODES = ("continue", "maildir")
 BLACKLIST_ACTIONS = ("drop", "bounce")
 
@@ -77,10 +78,14 @@ class Settings:
     sendmail_timeout: int = 60
     database_timeout: int = 30
     authserv_id: str = ""
+    # Hub mode (owners.py): accepted and released mail goes on to this LMTP server instead of
+    # the Maildir, and the key ring lives where the system config says.
+    lmtp_next: str = ""
+    keys_file: Path | None = None
 
     @property
     def keys_path(self) -> Path:
-        return self.home / KEYS_NAME
+        return self.keys_file if self.keys_file is not None else self.home / KEYS_NAME
 
     @property
     def templates_dir(self) -> Path:
@@ -99,7 +104,7 @@ _CHOICES = {
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id", "lmtp_next"}
 
 
 def default_database_url(home: Path) -> str:
@@ -108,7 +113,7 @@ def default_database_url(home: Path) -> str:
 
 def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     """Validate a parsed config.toml; ValueError names the first setting that is wrong."""
-    known = {f.name for f in fields(Settings)} - {"home"}
+    known = {f.name for f in fields(Settings)} - {"home", "keys_file"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown setting {unknown[0]!r}")

@@ -133,7 +133,8 @@ def handle(home: Path, request: Request, stream: BinaryIO, resources: Resources,
         settings = with_mta(resources.settings(home), request.mta)
         mta = settings.mta
         envelope = Envelope.from_environ(request.environ, request.sender, request.recipient)
-        raw = RawMessage.read(stream, strip_from_line=mta != "qmail")
+        # Only a pipe from a sysexits MTA starts with an mbox `From ` line; LMTP never does.
+        raw = RawMessage.read(stream, strip_from_line=mta not in ("qmail", "lmtp"))
         if fast:
             from crtool import fastpath
 

@@ -127,8 +127,9 @@ def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str 
 
 def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
     """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
-    Postfix already carries them (DESIGN §7a), so it gets none."""
-    if row_mta != "qmail":
+    Postfix already carries them (DESIGN §7a), so it gets none; one taken over LMTP does not,
+    so it gets them as any delivery agent writes them."""
+    if row_mta not in ("qmail", "lmtp"):
         return b""
     lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"
              f"Delivered-To: {clean_text(recipient, 320)}\n")
@@ -139,16 +140,17 @@ def accept(settings: Settings, envelope: Envelope, raw: RawMessage,
            key: str) -> tuple[Outcome, str]:
     """Carry out "whitelisted": let the MTA's next line deliver, or write the Maildir.
 
-    Side effect with `delivery = "maildir"`: one new file in the Maildir. Both the fast path
-    and `service` call this, so accepted mail goes the same way whichever decided.
+    Side effect with `delivery = "maildir"`: one new file in the Maildir (or one LMTP
+    transaction downstream, see onward.py). Both the fast path and `service` call this, so
+    accepted mail goes the same way whichever decided.
     """
     if settings.delivery == "continue":
         return Outcome.CONTINUE, f"whitelisted ({key})"
-    from crtool import maildir
+    from crtool import onward
 
     prefix = trace_prefix(settings.mta, envelope.sender, envelope.recipient)
-    path = maildir.deliver(settings.maildir, raw.chunks(), prefix)
-    return Outcome.DELIVERED, f"whitelisted ({key}); delivered to {path.name}"
+    where = onward.deliver(settings, envelope.sender, envelope.recipient, raw.chunks(), prefix)
+    return Outcome.DELIVERED, f"whitelisted ({key}); {where}"
 
 
 def count_delivery(home: Path) -> None:

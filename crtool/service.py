@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, maildir, policy, tokens
+from crtool import addresses, challenge, fastpath, onward, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import STORED_CAP, Envelope, RawMessage, digest
 from crtool.errors import BadToken, NotFound
@@ -325,14 +325,15 @@ def _whitelist(session: Session, owner: str, sender: str, now: int) -> None:
 
 
 def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> list[str]:
-    """Write each held message into the Maildir, then mark it released (same transaction)."""
+    """Deliver each held message (Maildir or downstream LMTP), then mark it released (same
+    transaction)."""
     released = []
     for row in rows:
         data = pending.raw_bytes(session, row.id)
         if data is None:
             continue
-        maildir.deliver(box.settings.maildir, [data],
-                        trace_prefix(row.mta, row.sender, row.recipient))
+        onward.deliver(box.settings, row.sender, row.recipient, [data],
+                       trace_prefix(row.mta, row.sender, row.recipient))
         pending.finish(session, row, pending.RELEASED, now)
         log.record_event(session, box.owner, now, "released", "", row.sender, row.id)
         released.append(row.id)

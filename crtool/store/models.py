@@ -25,6 +25,12 @@ class Owner(Base):
 
     address: Mapped[str] = mapped_column(String(ADDRESS), primary_key=True)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # System mode (owners.py): where the owner's accepted and released mail goes, a Maildir or
+    # a downstream LMTP server; an owner with neither is not served by `crtool lmtp`.
+    maildir: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lmtp_next: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The owner's settings over the system defaults, as a JSON object ("" for none).
+    overrides: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class AddressEntry(Base):

@@ -1,0 +1,340 @@
+"""`crtool lmtp`: one resident LMTP server (RFC 2033, on aiosmtpd) for every owner of a host.
+
+Postfix hands it mail (`mailbox_transport = lmtp:unix:…` or a `transport_maps` entry) the way it
+hands mail to Dovecot's LMTP. aiosmtpd speaks the protocol; this module only translates:
+RCPT finds the owner the recipient belongs to (550 5.1.1 when none is served), and after DATA
+each recipient's delivery is `delivery.handle`, the very function `crtool deliver` and
+`crtool serve` run, with that owner's settings (owners.py). Its Answer becomes that
+recipient's reply: 250 when delivered, held, confirmed or dropped, 450 when the environment is
+broken (the MTA keeps the message and retries), 550 when the owner's config bounces it.
+
+Deliveries are blocking (SQLAlchemy, fsync, sendmail), so they run in a pool of `workers`
+threads while the event loop goes on serving other sessions. A reply of 250 is sent only after
+`handle` returned, that is after the hold or the delivery was committed, so nothing answered
+250 is ever lost. What the server holds per session is bounded: `max_message_size` (552 after
+DATA beyond it), `max_recipients` (452 for the rest, which the client sends again),
+`max_sessions` (421 at once beyond it) and `timeout` (a silent client, or a DATA that never
+ends, is disconnected and its transaction dropped, unanswered and so not lost).
+
+SIGTERM (or SIGINT) stops listening, answers 451 to any new transaction, lets the transactions
+under way finish (up to `shutdown_grace`), then closes every session and exits 0.
+
+Each recipient's outcome is one line of JSON on stderr (journald keeps it): who, what was
+decided, the reply, how long it took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from crtool import delivery, owners
+from crtool.client import Request
+from crtool.config import Settings
+from crtool.exits import Outcome
+from crtool.onward import split_target
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from crtool.service import Mailbox
+
+# A served owner is looked up again after this long, so `owner add`/`remove` take effect
+# within it; an address that is not served is looked up every time.
+OWNER_CACHE_SECONDS = 5.0
+# Serialization failures and deadlocks (PostgreSQL SQLSTATE 40001, 40P01) are retried this
+# many times: the transaction was rolled back whole, so running it again is safe.
+RETRIES = 3
+_RETRIABLE_STATES = {"40001", "40P01"}
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """One recipient's outcome, as logged and as answered."""
+
+    answer: delivery.Answer
+    reply: str
+
+
+def reply_for(answer: delivery.Answer) -> str:
+    """The LMTP reply for one recipient's Answer (DESIGN §12: 250, 450, 550)."""
+    detail = _printable(answer.detail)
+    outcome = Outcome(answer.outcome)
+    if outcome is Outcome.TEMPFAIL:
+        return f"450 4.3.0 {detail or 'temporary failure'}"
+    if outcome is Outcome.BOUNCED:
+        return f"550 5.7.1 {detail or 'rejected'}"
+    return f"250 2.0.0 {detail or 'ok'}"
+
+
+def _printable(text: str) -> str:
+    """Reply text: printable ASCII, one line, short; nothing a sender wrote can break it."""
+    cleaned = "".join(c if " " <= c <= "~" else "?" for c in " ".join(text.split()))
+    return cleaned[:200]
+
+
+def retriable(error: BaseException) -> bool:
+    """A PostgreSQL serialization failure or deadlock: the whole transaction may run again."""
+    state = getattr(getattr(error, "orig", None), "sqlstate", None)
+    return state in _RETRIABLE_STATES
+
+
+class Hub:
+    """What every session shares: the system config, owners (cached briefly), one engine per
+    database URL, the key ring (re-read when its file changes) and the counters that shutdown
+    and the session limit look at."""
+
+    def __init__(self, system: owners.System) -> None:
+        from crtool.serve import Warm
+
+        self.system = system
+        self.warm = Warm(system.home)
+        self.log_lock = threading.Lock()
+        self._owners: dict[str, tuple[float, Settings]] = {}
+        self._owners_lock = threading.Lock()
+        self.sessions = 0
+        self.busy: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self.live: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self.stopping = False
+
+    def engine(self) -> Engine:
+        return self.warm.engine(owners.host_settings(self.system))
+
+    def owner_for(self, recipient: str) -> Settings | None:
+        """The settings of the served owner `recipient` belongs to, or None."""
+        from crtool.store import owners as rows
+        from crtool.store.engine import transaction
+
+        candidates = owners.base_candidates(recipient, self.system.delimiter)
+        now = time.monotonic()
+        with self._owners_lock:
+            for candidate in candidates:
+                cached = self._owners.get(candidate)
+                if cached is not None and now - cached[0] < OWNER_CACHE_SECONDS:
+                    return cached[1]
+        with transaction(self.engine(), write=False) as session:
+            found = {row.address: row for row in rows.served(session, candidates)}
+        for candidate in candidates:
+            row = found.get(candidate)
+            if row is not None:
+                settings = owners.owner_settings(self.system, row.address, row.maildir,
+                                                 row.lmtp_next, row.overrides)
+                with self._owners_lock:
+                    self._owners[candidate] = (now, settings)
+                return settings
+        return None
+
+    def deliver(self, settings: Settings, sender: str, recipient: str, data: bytes) -> Delivered:
+        """One recipient's delivery through `delivery.handle`; never raises."""
+        started = time.monotonic()
+        request = Request(mta=owners.HUB_MTA, sender=sender, recipient=recipient)
+        resources = _OwnerResources(self, settings)
+        for attempt in range(RETRIES + 1):
+            errors: list[BaseException] = []
+            answer = delivery.handle(settings.home, request, io.BytesIO(data), resources,
+                                     fast=False, on_error=errors.append)
+            if not (errors and retriable(errors[-1])) or attempt == RETRIES:
+                break
+            time.sleep(0.05 * (attempt + 1))
+        reply = reply_for(answer)
+        self.log(owner=settings.owner, sender=sender, recipient=recipient, size=len(data),
+                 outcome=answer.outcome, detail=answer.detail, reply=reply[:3],
+                 attempts=attempt + 1, ms=round((time.monotonic() - started) * 1000, 1))
+        return Delivered(answer, reply)
+
+    def log(self, **fields: Any) -> None:
+        """One JSON line on stderr."""
+        line = json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields},
+                          ensure_ascii=True)
+        with self.log_lock:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+
+class _OwnerResources:
+    """delivery.Resources for one owner of the hub: its settings, the shared engine and keys."""
+
+    def __init__(self, hub: Hub, settings: Settings) -> None:
+        self.hub = hub
+        self._settings = settings
+
+    def settings(self, home: Path) -> Settings:
+        return self._settings
+
+    def mailbox(self, settings: Settings) -> Mailbox:
+        from crtool import service
+        from crtool.outbox import SendmailOutbox
+
+        warm = self.hub.warm
+        return service.Mailbox(
+            settings=settings, engine=warm.engine(settings),
+            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
+            keys=lambda: warm.keys(settings.keys_path))
+
+
+class Handler:
+    """aiosmtpd's handler hooks: they translate, `Hub` and `delivery.handle` decide."""
+
+    def __init__(self, hub: Hub, pool: ThreadPoolExecutor) -> None:
+        self.hub = hub
+        self.pool = pool
+        self._owners: weakref.WeakKeyDictionary[Envelope, list[Settings]] = \
+            weakref.WeakKeyDictionary()
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.hub.stopping:
+            return "451 4.3.2 shutting down; try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        self.hub.busy.add(server)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if self.hub.stopping:
+            return "451 4.3.2 shutting down; try again later"
+        if len(envelope.rcpt_tos) >= self.hub.system.lmtp.max_recipients:
+            return "452 4.5.3 too many recipients; send the rest again"
+        loop = asyncio.get_running_loop()
+        try:
+            settings = await loop.run_in_executor(self.pool, self.hub.owner_for, address)
+        except Exception as error:  # noqa: BLE001 - the database is away: try again later
+            self.hub.log(event="rcpt_failed", recipient=address,
+                         detail=delivery.describe(error))
+            return "451 4.3.0 cannot look up the recipient now; try again later"
+        if settings is None:
+            return f"550 5.1.1 <{_printable(address)}>: no such mailbox here"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        self._owners.setdefault(envelope, []).append(settings)
+        return "250 2.1.5 OK"
+
+    async def handle_RSET(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.hub.busy.discard(server)
+        return "250 2.0.0 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """One reply per accepted recipient, in RCPT order (RFC 2033 §4.2)."""
+        try:
+            owners_of = self._owners.pop(envelope, [])
+            # LMTP carries CRLF line ends; a Maildir and the store keep LF, as local
+            # delivery agents do. Dot-stuffing was already undone by aiosmtpd.
+            data = (envelope.original_content or b"").replace(b"\r\n", b"\n")
+            sender = envelope.mail_from or ""
+            loop = asyncio.get_running_loop()
+            replies = []
+            for recipient, settings in zip(envelope.rcpt_tos, owners_of, strict=True):
+                done = await loop.run_in_executor(self.pool, self.hub.deliver, settings,
+                                                  sender, recipient, data)
+                replies.append(done.reply)
+            return "\r\n".join(replies)
+        finally:
+            self.hub.busy.discard(server)
+
+
+class _Session(LMTP):
+    """aiosmtpd's LMTP session, counted: beyond `max_sessions`, or while stopping, a new
+    connection gets 421 and is closed at once."""
+
+    def __init__(self, hub: Hub, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+        limits = hub.system.lmtp
+        super().__init__(handler, data_size_limit=limits.max_message_size,
+                         enable_SMTPUTF8=True, decode_data=False,
+                         hostname=socket.gethostname(), ident="crtool LMTP",
+                         timeout=limits.timeout, loop=loop)
+        self.hub = hub
+        self.counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.hub.stopping or self.hub.sessions >= self.hub.system.lmtp.max_sessions:
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.write(b"421 4.3.2 too many sessions or shutting down; "
+                                b"try again later\r\n")
+            transport.close()
+            return
+        self.counted = True
+        self.hub.sessions += 1
+        self.hub.live.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self.counted:
+            return
+        self.counted = False
+        self.hub.sessions -= 1
+        self.hub.busy.discard(self)
+        self.hub.live.discard(self)
+        super().connection_lost(error)
+
+
+async def _listen(loop: asyncio.AbstractEventLoop, target: str, hub: Hub,
+                  handler: Handler) -> asyncio.Server:
+    host, port = split_target(target)
+
+    def factory() -> _Session:
+        return _Session(hub, handler, loop)
+
+    if port:
+        return await loop.create_server(factory, host, port, reuse_address=True)
+    path = Path(host)
+    if path.is_socket():
+        path.unlink()
+    server = await loop.create_unix_server(factory, str(path))
+    os.chmod(path, hub.system.lmtp.socket_mode)
+    return server
+
+
+async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Listen on `target` until `stop` is set (SIGTERM and SIGINT set it), then shut down
+    gracefully. `ready` is set once the socket listens."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, stop.set)
+        except (RuntimeError, ValueError):  # not the main thread: the caller sets `stop`
+            pass
+    limits = hub.system.lmtp
+    with ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="lmtp") as pool:
+        handler = Handler(hub, pool)
+        server = await _listen(loop, target, hub, handler)
+        hub.log(event="listening", listen=target, pid=os.getpid())
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        hub.stopping = True
+        server.close()
+        hub.log(event="stopping", sessions=hub.sessions, busy=len(hub.busy))
+        deadline = loop.time() + limits.shutdown_grace
+        while hub.busy and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for session in list(hub.live):
+            if session.transport is not None:
+                session.transport.close()
+        await server.wait_closed()
+        hub.log(event="stopped", unfinished=len(hub.busy))
+
+
+def run(system: owners.System, target: str) -> int:
+    """`crtool lmtp`: serve in the foreground until SIGTERM; 0 after a graceful stop."""
+    hub = Hub(system)
+    hub.engine()  # a database URL that cannot make an engine fails here, at start-up
+    asyncio.run(serve(hub, target))
+    return 0
