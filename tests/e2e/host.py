@@ -96,7 +96,7 @@ def install_crtool() -> None:
         return
     shutil.rmtree(VENV, ignore_errors=True)
     run([str(SYSTEM_PYTHON), "-m", "venv", str(VENV)])
-    run([str(VENV / "bin" / "pip"), "install", "--quiet", str(REPO)])
+    run([str(VENV / "bin" / "pip"), "install", "--quiet", f"{REPO}[hub]"])
     run(["chmod", "-R", "a+rX", str(VENV)])
     SOURCE_STAMP.write_text(wanted)
 
