@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import PG_URL
 from tests.hub import Hub, Server, client, raw_session, read_replies, transaction, wait_until
 from tests.support import confirm_address_of, crtool_executable, message
 
@@ -318,3 +320,39 @@ def test_lmtp_without_config_is_a_usage_error(tmp_path: Path) -> None:
     result = subprocess.run([crtool_executable(), "lmtp"], capture_output=True, text=True,
                             env={**os.environ, "HOME": str(tmp_path)}, check=False)
     assert result.returncode == 2 and "--config" in result.stderr
+
+
+def test_a_real_serialization_failure_is_recognised_as_retriable() -> None:
+    # PostgreSQL's SQLSTATE 40001, produced for real by two SERIALIZABLE transactions that
+    # each read what the other writes: the hub runs such a delivery again.
+    if not PG_URL:
+        pytest.skip("serialization failures are PostgreSQL's: set CRTOOL_TEST_DATABASE_URL")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    from crtool.lmtp import retriable
+
+    engine = create_engine(PG_URL, isolation_level="SERIALIZABLE")
+    table = "tally_" + secrets.token_hex(4)
+    try:
+        with engine.begin() as setup:
+            setup.execute(text(f"CREATE TABLE {table} (n integer)"))
+        first, second = engine.connect(), engine.connect()
+        try:
+            for connection in (first, second):
+                connection.begin()
+                connection.execute(text(f"SELECT count(*) FROM {table}")).scalar()  # noqa: S608
+            first.execute(text(f"INSERT INTO {table} VALUES (1)"))  # noqa: S608
+            second.execute(text(f"INSERT INTO {table} VALUES (2)"))  # noqa: S608
+            first.commit()
+            with pytest.raises(OperationalError) as caught:
+                second.commit()
+        finally:
+            first.close()
+            second.close()
+        assert retriable(caught.value)
+        assert not retriable(OperationalError("SELECT 1", {}, Exception("other")))
+    finally:
+        with engine.begin() as cleanup:
+            cleanup.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        engine.dispose()
