@@ -329,6 +329,11 @@ async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
             if session.transport is not None:
                 session.transport.close()
         await server.wait_closed()
+        host, port = split_target(target)
+        if not port:
+            # A socket file left behind would look like a live server to the next start's
+            # supervisor and to `crtool health` (connection refused, not "missing").
+            Path(host).unlink(missing_ok=True)
         hub.log(event="stopped", unfinished=len(hub.busy))
 
 
