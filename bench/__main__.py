@@ -222,6 +222,10 @@ def main() -> int:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {args.json}; took {results['machine']['seconds']} s; load average "
           f"{load_before[0]:.1f} before, {results['machine']['load_after'][0]:.1f} after")
+    # Hub mode (crtool lmtp) beside a bare aiosmtpd LMTP sink: bench/lmtp.py.
+    from bench import lmtp
+
+    lmtp.main(["--quick"] if args.quick else [])
     return 0
 
 

@@ -192,14 +192,12 @@ def parse_overrides(pairs: list[str], system: System, address: str) -> dict[str,
 
 
 def base_candidates(recipient: str, delimiter: str) -> list[str]:
-    """The owner addresses a recipient may belong to, most specific first:
-    `alice-confirm-x@example.test` -> that address, then `alice@example.test`."""
+    """The owner addresses a recipient may belong to, most specific first: for
+    `ann-lee-confirm-x@example.test` that address, `ann-lee-confirm@…`, `ann-lee@…`, `ann@…`
+    (an owner's own local part may hold the delimiter)."""
     local, _, domain = recipient.strip().strip("<>").rpartition("@")
     if not local or not domain:
         return []
-    domain = domain.lower()
-    found = [f"{local.lower()}@{domain}"]
-    base = local.split(delimiter, 1)[0]
-    if base and base != local:
-        found.append(f"{base.lower()}@{domain}")
-    return found
+    parts = local.lower().split(delimiter)
+    return [f"{delimiter.join(parts[:n])}@{domain.lower()}" for n in range(len(parts), 0, -1)
+            if parts[n - 1]]

@@ -52,7 +52,9 @@ def test_a_bad_system_config_is_one_line(tmp_path: Path, text: str, says: str) -
 
 def test_a_recipient_names_its_owner_through_the_delimiter() -> None:
     assert owners.base_candidates("Alice-Confirm-ABC@Example.TEST", "-") == [
-        "alice-confirm-abc@example.test", "alice@example.test"]
+        "alice-confirm-abc@example.test", "alice-confirm@example.test", "alice@example.test"]
+    assert owners.base_candidates("ann-lee-confirm-x@example.test", "-")[2] == \
+        "ann-lee@example.test"
     assert owners.base_candidates("<bob@example.test>", "-") == ["bob@example.test"]
     assert owners.base_candidates("no-at-sign", "-") == []
 
