@@ -153,20 +153,25 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     return Settings(home=home, **values)
 
 
-def load_settings(home: Path) -> Settings:
-    """Read HOME/config.toml. Raises TemporaryFailure when it is missing, unreadable or invalid."""
+def read_toml(path: Path, missing_hint: str = "") -> dict[str, Any]:
+    """A config file's TOML; TemporaryFailure (one line) when missing, unreadable or invalid."""
     import tomllib
 
-    path = home / CONFIG_NAME
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
-        raise TemporaryFailure(f"config {path} is missing (run 'crtool init')") from None
+        raise TemporaryFailure(f"config {path} is missing{missing_hint}") from None
     except OSError as error:
         raise TemporaryFailure(f"config {path} is unreadable: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise TemporaryFailure(f"config {path} is not valid TOML: {error}") from None
+
+
+def load_settings(home: Path) -> Settings:
+    """Read HOME/config.toml. Raises TemporaryFailure when it is missing, unreadable or invalid."""
+    path = home / CONFIG_NAME
+    data = read_toml(path, " (run 'crtool init')")
     try:
         return settings_from_mapping(home, data)
     except ValueError as error:

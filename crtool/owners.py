@@ -22,6 +22,7 @@ from crtool.config import (
     Settings,
     default_sendmail,
     parse_duration,
+    read_toml,
     settings_from_mapping,
 )
 from crtool.errors import TemporaryFailure, UsageError
@@ -105,15 +106,7 @@ def _lmtp_limits(table: Any) -> LmtpLimits:
 
 def load_system(path: Path) -> System:
     """Read and check the system config; TemporaryFailure (one line) when it cannot be used."""
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise TemporaryFailure(f"config {path} is missing") from None
-    except OSError as error:
-        raise TemporaryFailure(f"config {path} is unreadable: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise TemporaryFailure(f"config {path} is not valid TOML: {error}") from None
+    data = read_toml(path)
     try:
         return _system_from_mapping(path.absolute(), data)
     except ValueError as error:
