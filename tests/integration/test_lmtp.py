@@ -9,6 +9,7 @@ import re
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,3 +357,67 @@ def test_a_real_serialization_failure_is_recognised_as_retriable() -> None:
         with engine.begin() as cleanup:
             cleanup.execute(text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
+
+
+def test_a_delivery_that_meets_a_serialization_failure_runs_again(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a PostgreSQL run at SERIALIZABLE, another host updated the owner's row and committed
+    # while this delivery waited for it: PostgreSQL refuses the delivery's transaction
+    # (40001), the hub runs it again and the message is held once, answered 250.
+    if not PG_URL:
+        pytest.skip("serialization failures are PostgreSQL's: set CRTOOL_TEST_DATABASE_URL")
+    from sqlalchemy import create_engine, make_url, text
+
+    from crtool import owners
+    from crtool.lmtp import Hub as LmtpHub
+
+    schema = "t_" + secrets.token_hex(6)
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        url = make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema} "
+                                                  "-cdefault_transaction_isolation=serializable"})
+        hub = Hub(tmp_path / "hub", url.render_as_string(hide_password=False))
+        hub.init()
+        hub.add_owner(ALICE, tmp_path / "mail" / "alice")
+        monkeypatch.setenv("CRTOOL_TEST_OUTBOX", str(hub.outbox.path))
+        system = owners.load_system(hub.config)
+        settings = owners.owner_settings(system, ALICE, str(tmp_path / "mail" / "alice"), None,
+                                         "")
+        lmtp_hub = LmtpHub(system)
+        other = create_engine(url, isolation_level="READ COMMITTED")
+        with other.connect() as connection:
+            connection.begin()
+            connection.execute(text("UPDATE owners SET created_at = created_at + 1 "
+                                    "WHERE address = :a"), {"a": ALICE})
+            result: list[object] = []
+            worker = threading.Thread(target=lambda: result.append(lmtp_hub.deliver(
+                settings, STRANGER, ALICE, message())))
+            worker.start()
+            wait_until(lambda: _waiting_for_lock(admin, schema), "the delivery to wait")
+            connection.commit()
+            worker.join(timeout=60)
+        other.dispose()
+        lmtp_hub.engine().dispose()
+        [done] = result
+        assert done.reply.startswith("250 2.0.0 held as"), done  # type: ignore[attr-defined]
+        [record] = [json.loads(line) for line in capfd.readouterr().err.splitlines()
+                    if line.startswith("{") and '"outcome"' in line]
+        assert record["attempts"] == 2 and record["outcome"] == "held"
+        assert len(hub.held(ALICE)) == 1
+        hub.outbox.drain(1)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _waiting_for_lock(admin: object, schema: str) -> bool:
+    from sqlalchemy import text
+
+    with admin.connect() as connection:  # type: ignore[attr-defined]
+        return bool(connection.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE '%FROM owners%FOR UPDATE%'")).scalar())
