@@ -44,14 +44,40 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def deliver(maildir: Path, chunks: Iterable[bytes], prefix: bytes = b"") -> Path:
+def delivered(maildir: Path, name: str) -> Path | None:
+    """The message called `name` if it is in new/, or in cur/ (where a mail reader moves it,
+    adding `:2,FLAGS`), else None."""
+    if (maildir / "new" / name).exists():
+        return maildir / "new" / name
+    try:
+        for entry in os.scandir(maildir / "cur"):
+            if entry.name == name or entry.name.startswith(name + ":"):
+                return Path(entry.path)
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def deliver(maildir: Path, chunks: Iterable[bytes], prefix: bytes = b"",
+            name: str | None = None) -> Path:
     """Write `prefix` and `chunks` as one new message; returns its path in new/.
+
+    `name`, unique for this message, makes the delivery idempotent: when a message of that
+    name is already in new/ or cur/ (a delivery whose process died before it could record
+    it), nothing is written again and its path is returned.
 
     Side effects: a file in MAILDIR/new, the directories created if missing.
     """
     ensure(maildir)
-    name = _unique_name()
-    tmp = maildir / "tmp" / name
+    unique = _unique_name()
+    if name is not None:
+        found = delivered(maildir, name)
+        if found is not None:
+            return found
+    else:
+        name = unique
+    # tmp/ always gets a fresh name: a file a crashed delivery left there must not block it.
+    tmp = maildir / "tmp" / unique
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:

@@ -24,19 +24,29 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 
 def deliver(settings: Settings, sender: str, recipient: str, chunks: Iterable[bytes],
-            prefix: bytes = b"") -> str:
+            prefix: bytes = b"", name: str | None = None) -> str:
     """Deliver one message for the owner of `settings`; returns a few words saying where.
 
     Side effects: a new file in the owner's Maildir, or one LMTP transaction downstream.
-    `prefix` (trace lines) goes before the message in a Maildir only.
+    `prefix` (trace lines) goes before the message in a Maildir only. `name` (see
+    maildir.deliver) makes a Maildir delivery idempotent; an LMTP server downstream has no
+    such name, so there a crash between its 250 and crtool's commit can deliver twice.
     """
     if settings.lmtp_next:
         lmtp_deliver(settings.lmtp_next, sender, recipient, b"".join(chunks))
         return f"passed to {settings.lmtp_next}"
     from crtool import maildir
 
-    path = maildir.deliver(settings.maildir, chunks, prefix)
+    path = maildir.deliver(settings.maildir, chunks, prefix, name)
     return f"delivered to {path.name}"
+
+
+def release_name(owner: str, pending_id: str, received_at: int) -> str:
+    """The Maildir name of a released message: the same on every try and every host, so a
+    release retried after a crash finds the copy already written (maildir(5) asks only that
+    names be unique; the held message's id is, within its owner)."""
+    local = "".join(c if c.isalnum() else "_" for c in owner)[:64]
+    return f"{received_at}.R{pending_id}.{local}.crtool"
 
 
 def split_target(target: str) -> tuple[str, int]:

@@ -347,7 +347,8 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> l
         if data is None:
             continue
         onward.deliver(box.settings, row.sender, row.recipient, [data],
-                       trace_prefix(row.mta, row.sender, row.recipient))
+                       trace_prefix(row.mta, row.sender, row.recipient),
+                       onward.release_name(box.owner, row.id, row.received_at))
         pending.finish(session, row, pending.RELEASED, now)
         log.record_event(session, box.owner, now, "released", "", row.sender, row.id)
         released.append(row.id)

@@ -112,12 +112,15 @@ class Hub:
         return items
 
     def start(self, listen: str | None = None, argv_prefix: Iterable[str] = (),
-              extra_env: dict[str, str] | None = None) -> Server:
-        """`crtool --config F lmtp` as its own process; returns once it listens."""
+              extra_env: dict[str, str] | None = None,
+              command: Iterable[str] | None = None) -> Server:
+        """`crtool --config F lmtp` as its own process (`command` instead of the crtool
+        script, `argv_prefix` before it); returns once it listens."""
         log_path = self.root / f"lmtp-{time.monotonic_ns()}.log"
         env = self.env()
         env.update(extra_env or {})
-        argv = [*argv_prefix, crtool_executable(), "--config", str(self.config), "lmtp"]
+        argv = [*argv_prefix, *(command or [crtool_executable()]), "--config",
+                str(self.config), "lmtp"]
         if listen:
             argv += ["--listen", listen]
         with open(log_path, "ab") as log:

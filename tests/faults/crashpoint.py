@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from types import FrameType
 from typing import Any
@@ -32,6 +33,8 @@ def arm_crash(spec: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     sys.setprofile(profiler)
+    # crtool lmtp delivers in worker threads; each new thread gets the same watch.
+    threading.setprofile(profiler)
 
 
 def record_locks(path: str) -> None:

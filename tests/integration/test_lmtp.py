@@ -7,8 +7,10 @@ import json
 import os
 import re
 import secrets
+import smtplib
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -421,3 +423,34 @@ def _waiting_for_lock(admin: object, schema: str) -> bool:
         return bool(connection.execute(text(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND query ILIKE '%FROM owners%FOR UPDATE%'")).scalar())
+
+
+def test_a_server_killed_after_writing_a_release_delivers_it_once(hub: Hub) -> None:
+    # The server dies (SIGKILL) right after the released message reached alice's Maildir
+    # and before the release was committed. The MTA got no answer and retries the
+    # confirmation; the retry finds the copy already written: one message, released once.
+    from tests.support import REPO
+
+    first = hub.start()
+    with client(hub.socket_path) as lmtp:
+        transaction(lmtp, STRANGER, [ALICE], message(subject="Kept once", body="once\n"))
+    assert first.stop() == 0
+    [(_, challenge)] = hub.outbox.drain(1)
+    confirm = confirm_address_of(challenge)
+    crashing = hub.start(command=[sys.executable, str(REPO / "tests/faults/crashpoint.py")],
+                         extra_env={"CRTOOL_TEST_CRASH_AT": "crtool.maildir:deliver:return"})
+    with client(hub.socket_path) as lmtp, pytest.raises(smtplib.SMTPServerDisconnected):
+        transaction(lmtp, STRANGER, [confirm], message(to=confirm))
+    crashing.process.wait(timeout=60)
+    assert len(maildir(hub, ALICE)) == 1
+    assert [row["status"] for row in hub.held(ALICE)] == ["held"]
+    again = hub.start()
+    try:
+        with client(hub.socket_path) as lmtp:
+            _, [(code, said)] = transaction(lmtp, STRANGER, [confirm], message(to=confirm))
+    finally:
+        assert again.stop() == 0
+    assert code == 250 and b"released 1" in said, said
+    [delivered] = maildir(hub, ALICE)
+    assert delivered.endswith(b"once\n")
+    assert [row["status"] for row in hub.held(ALICE)] == ["released"]
