@@ -79,28 +79,14 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
     if token is not None:
         return confirm(box, envelope, facts, token)
 
-    # Decided in a read transaction: on SQLite a write transaction would hold the one write
-    # lock while accepted mail is written and fsynced, one delivery after the other.
-    with transaction(box.engine, write=False) as session:
+    with transaction(box.engine) as session:
         verdict = policy.classify(incoming, _listing(session, box.owner, envelope.sender))
-    if verdict.action is policy.Action.ACCEPT:
-        return _accept_first(box, envelope, raw, verdict)
-    if verdict.action is policy.Action.BLACKLISTED:
-        with transaction(box.engine) as session:
+        if verdict.action is policy.Action.ACCEPT:
+            return _accept(box, session, envelope, raw, verdict)
+        if verdict.action is policy.Action.BLACKLISTED:
             return _blacklisted(box, session, envelope, verdict)
 
     return _hold(box, envelope, raw, facts, incoming)
-
-
-def _accept_first(box: Mailbox, envelope: Envelope, raw: RawMessage,
-                  verdict: policy.Verdict) -> Result:
-    """Deliver, then record the event in a short write transaction of its own. A crash in
-    between leaves the message delivered and uncounted, as the fast path's tally can."""
-    key = verdict.listing.key if verdict.listing else ""
-    outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
-    with transaction(box.engine) as session:
-        log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
-    return Result(outcome, detail)
 
 
 def _listing(session: Session, owner: str, sender: str) -> policy.Listing | None:
