@@ -6,6 +6,7 @@ treated alike by the delivery path, the lists and the CLI. Pure functions only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from crtool.errors import UsageError
@@ -28,6 +29,23 @@ def split_address(address: str) -> tuple[str, str]:
     if not at:
         return address, ""
     return local, domain
+
+
+# RFC 5322 atext without "*" and "?", which crtool's patterns use as wildcards.
+_OWNER_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'+/=^_`{|}~-]+(\.[A-Za-z0-9!#$%&'+/=^_`{|}~-]+)*")
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def parse_owner_address(text: str) -> str:
+    """The owner's own address as given to `init`: a plain addr-spec (dot-atom local part of at
+    most 64 characters, a host name), or UsageError. A pattern such as `*@example.com` is
+    refused: every confirm address and every row is built from this one address."""
+    local, at, domain = text.rpartition("@")
+    if (not at or len(text) > MAX_ADDRESS or len(local) > 64
+            or not _OWNER_LOCAL.fullmatch(local)
+            or not all(_DOMAIN_LABEL.fullmatch(label) for label in domain.split("."))):
+        raise UsageError(f"not a plain address: {text!r} (use e.g. alice@example.test)")
+    return text
 
 
 def normalize_address(address: str) -> str:

@@ -25,6 +25,8 @@ import os
 import socket
 import struct
 
+from crtool.profiles import MTA_PROFILES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import BinaryIO
@@ -128,7 +130,11 @@ def decode_request(data: bytes) -> tuple[Request, int]:
 
     environ = {key: value for key, value in zip(ENVIRON_KEYS, values[3:], strict=True)
                if value is not None}
-    return Request(mta=text(values[0]), sender=text(values[1]), recipient=text(values[2]),
+    mta = text(values[0])
+    if mta is not None and mta not in MTA_PROFILES:
+        # The command line only ever passes a known profile; anything else is not our client.
+        raise ProtocolError("unknown MTA profile")
+    return Request(mta=mta, sender=text(values[1]), recipient=text(values[2]),
                    environ=environ), offset
 
 
@@ -184,6 +190,23 @@ def connect(path: str) -> socket.socket | None:
         sock.close()
         return None
     return sock
+
+
+def listening(path: str) -> bool:
+    """Whether a server takes connections at `path`, whoever runs it: False only when nothing
+    can (no socket file, or the kernel refuses: the server that made it is gone). It connects
+    and closes without a request, which a server takes as a probe and does not log."""
+    import errno
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.settimeout(ACK_TIMEOUT)
+        sock.connect(path)
+    except OSError as error:
+        return error.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        sock.close()
+    return True
 
 
 def deliver(home: str, request: Request,

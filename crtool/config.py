@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from crtool.errors import TemporaryFailure
+from crtool.profiles import MTA_PROFILES
 
 CONFIG_NAME = "config.toml"
 KEYS_NAME = "keys"
 DATABASE_NAME = "crtool.db"
 
-MTA_PROFILES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
 DELIVERY_MODES = ("continue", "maildir")
 BLACKLIST_ACTIONS = ("drop", "bounce")
 
@@ -172,6 +172,8 @@ def with_mta(settings: Settings, mta: str | None) -> Settings:
     """The settings with the MTA profile of the command line, which beats the config."""
     if mta is None or mta == settings.mta:
         return settings
+    if mta not in MTA_PROFILES:
+        raise TemporaryFailure(f"unknown MTA profile {mta[:40]!r}")
     delivery = settings.delivery if mta == "qmail" else "maildir"
     return replace(settings, mta=mta, delivery=delivery)
 
@@ -183,11 +185,30 @@ def resolve_home(cli_home: str | None, environ: os._Environ[str] | dict[str, str
     return Path(resolve(cli_home, environ))
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def toml_string(value: str) -> str:
+    """`value` as a TOML basic string that reads back as exactly `value`: quotes, backslashes
+    and every control character escaped, so no value can end its line and start a setting of
+    its own. ValueError for text that is not Unicode (undecodable bytes from the command line)."""
+    out = []
+    for char in value:
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"not valid UTF-8 text: {value!r}")
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def render_config(settings: Settings) -> str:
     """config.toml text for `init`: every setting written out, commented, so the owner sees them."""
 
-    def q(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    q = toml_string
 
     return f"""\
 # crtool settings. Durations take s, m, h, d or w. See etc/config.toml for every option.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from crtool.config import MTA_PROFILES
+from crtool.profiles import MTA_PROFILES
 
 
 class Outcome(enum.Enum):

@@ -175,11 +175,8 @@ class Server:
         """Listen on HOME/crtool.sock: bound under a temporary name with mode 0600 and renamed
         into place, so the socket is never reachable with wider permissions. Refuses when
         another server answers there; a stale socket file is replaced."""
-        if self.path.exists():
-            other = client.connect(str(self.path))
-            if other is not None:
-                other.close()
-                raise TemporaryFailure(f"another server is listening on {self.path}")
+        if self.path.exists() and client.listening(str(self.path)):
+            raise TemporaryFailure(f"another server is listening on {self.path}")
         temporary = self.home / f".{client.SOCKET_NAME}.{os.getpid()}"
         temporary.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -243,6 +240,10 @@ class Server:
             return
         connection.settimeout(REQUEST_TIMEOUT)
         data, fds, _flags, _addr = socket.recv_fds(connection, client.MAX_PACKET, 4)
+        if not data and not fds:
+            # Connected and closed without a request: a probe (client.listening, from a
+            # second `crtool serve` or `crtool doctor`), which needs no answer and no log.
+            return
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
