@@ -114,6 +114,29 @@ def check_template(settings: Settings) -> Iterator[str]:
         yield str(error)
 
 
+def check_socket(home: Path) -> Iterator[str]:
+    """A crtool.sock no server answers on is left from a `crtool serve` that died: each
+    delivery then tries it before doing the work itself."""
+    from crtool.client import SOCKET_NAME, listening
+
+    path = home / SOCKET_NAME
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        yield f"{path} is not a socket; remove it"
+    elif not listening(str(path)):
+        yield (f"{path} is stale: no crtool serve answers on it; start crtool serve or "
+               "remove the file")
+
+
+def check_dotfiles(settings: Settings) -> Iterator[str]:
+    from crtool import dotfiles
+
+    yield from dotfiles.problems(settings)
+
+
 def problems(home: Path) -> list[str]:
     """Every problem found, in the order a delivery would meet them."""
     found = list(check_home(home))
@@ -127,6 +150,8 @@ def problems(home: Path) -> list[str]:
     found.extend(check_database(settings))
     found.extend(check_sendmail(settings))
     found.extend(check_template(settings))
+    found.extend(check_dotfiles(settings))
+    found.extend(check_socket(settings.home))
     return found
 
 

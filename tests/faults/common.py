@@ -24,7 +24,8 @@ TEMPFAIL = 111
 
 
 def make_home(tmp_path: Path, **settings: str | int) -> Mailbox:
-    """alice@example.test on SQLite with the atomic sendmail stand-in; `settings` replace
+    """alice@example.test on SQLite with the atomic sendmail stand-in, its ~/.qmail and
+    ~/.qmail-default installed; `settings` replace
     lines of config.toml (strings quoted, numbers bare). tmp_path/alice may exist already
     (a mount point)."""
     user_home = tmp_path / "alice"
@@ -32,7 +33,7 @@ def make_home(tmp_path: Path, **settings: str | int) -> Mailbox:
     box = Mailbox(user_home=user_home,
                   database_url=f"sqlite:///{user_home / '.crtool' / 'crtool.db'}")
     box.ok("init", "--address", box.address, "--maildir", str(box.maildir),
-           "--sendmail", str(SENDMAIL))
+           "--sendmail", str(SENDMAIL), "--install")
     if settings:
         set_config(box, **settings)
     return box
