@@ -46,7 +46,7 @@ class Home:
         return self.home / "crtool.sock"
 
     def env(self, sender: str, recipient: str = OWNER) -> dict[str, str]:
-        """What qmail-local gives a program delivery from ~/.qmail (MTA.md)."""
+        """What qmail-local gives a program delivery from ~/.qmail (qmail-command(8))."""
         return {
             "PATH": QMAIL_PATH, "HOME": str(self.user_home), "USER": "alice",
             "SENDER": sender, "NEWSENDER": sender, "RECIPIENT": recipient,

@@ -38,7 +38,7 @@ class Answer:
 
 
 def status(answer: Answer) -> tuple[int, str]:
-    """The exit code and the stderr line ("" for none) for an Answer (DESIGN §2)."""
+    """The exit code and the stderr line ("" for none) for an Answer (contract §2)."""
     outcome = Outcome(answer.outcome)
     if answer.mta == "sysexits":
         code = 75 if outcome is Outcome.TEMPFAIL else exits.code(outcome, "postfix")

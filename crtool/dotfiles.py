@@ -1,5 +1,6 @@
 """The files through which the MTA runs crtool: `~/.qmail` and `~/.qmail-default` for qmail,
-`~/.forward` for Postfix, Exim and Sendmail. `init` prints or installs them; `doctor` checks them.
+`~/.forward` for Postfix and Sendmail (Exim is set up with a router, procmail and Dovecot in
+files of their own). `init` prints or installs them; `doctor` checks them.
 
 Why this matters enough for a module: qmail reads a line that starts with a space as an address
 to forward to, so a line pasted with the indentation of a printed example forwards every message
@@ -24,7 +25,7 @@ from crtool.errors import UsageError
 
 QMAIL_FILES = (".qmail", ".qmail-default")
 FORWARD_FILE = ".forward"
-FORWARD_MTAS = ("postfix", "exim", "sendmail")
+FORWARD_MTAS = ("postfix", "sendmail")
 _WHAT_QMAIL_FILE_GOVERNS = {
     ".qmail": "the bare address",
     ".qmail-default": "every extension, confirm addresses included",

@@ -101,7 +101,7 @@ class RawMessage:
     """The message bytes: the head (header block, capped) read now, the rest left in the pipe.
 
     The bytes are never altered, except that the mbox `From ` line a sysexits MTA (Postfix)
-    puts first is removed, as DESIGN §7a asks.
+    puts first is removed, as contract §8 says.
     """
 
     def __init__(self, head: bytes, rest: BinaryIO | None) -> None:

@@ -1,4 +1,4 @@
-"""Outcome -> exit code and the one stderr line, per MTA profile, in one place (DESIGN §2)."""
+"""Outcome -> exit code and the one stderr line, per MTA profile, in one place (contract §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The whitelisted check without SQLAlchemy (DESIGN §7b), and the acceptance both paths share.
+"""The whitelisted check without SQLAlchemy (contract §10), and the acceptance both paths share.
 
 Most mail of a mature installation comes from whitelisted senders, and importing SQLAlchemy costs
 about 170 ms per process. So for a SQLite database `deliver` first asks the list through the
@@ -13,7 +13,7 @@ null sender, another database, or any error on the way returns None, and the ful
 never change an outcome.
 
 How it counts what it accepts: the full path records a "delivered" event per message, but that
-is a write, and every write goes through SQLAlchemy (DESIGN §7b), the very import this path
+is a write, and every write goes through SQLAlchemy (contract §10), the very import this path
 avoids; writing the event through `sqlite3` would be a second implementation of the store. So
 the fast path appends one byte to HOME/delivered.tally instead (O_APPEND: concurrent deliveries
 never lose each other's byte), and `stats` adds the file's size to the events it counts. The
@@ -129,7 +129,7 @@ def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str 
 
 def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
     """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
-    Postfix already carries them (DESIGN §7a), so it gets none."""
+    Postfix already carries them (contract §3), so it gets none."""
     if row_mta != "qmail":
         return b""
     lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"

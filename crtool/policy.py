@@ -2,7 +2,7 @@
 
 No files, no database, no clock: the service looks up lists and counts and passes them in, so
 every rule can be tested from a table. The rules that keep crtool from ever being a backscatter
-source (RFC 3834, RFC 5321 §4.5.5, MTA.md "Before any automatic reply") are a table of named
+source (RFC 3834, RFC 5321 §4.5.5, the practice of TMDA and qconfirm) are a table of named
 predicates; the first that matches is the reason the held message gets no challenge.
 """
 

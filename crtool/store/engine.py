@@ -1,6 +1,6 @@
 """Engines with settings that survive dozens of concurrent deliveries, and `transaction()`.
 
-SQLite (DESIGN §7): WAL (set once, persistent, by `init`/`db upgrade`), synchronous=FULL because
+SQLite (contract §3): WAL (set once, persistent, by `init`/`db upgrade`), synchronous=FULL because
 exit 99 lets qmail delete its copy, a 30 s busy timeout, and BEGIN IMMEDIATE for every transaction
 that writes, since a read-then-write transaction under WAL fails with "database is locked" when
 another writer got in first. Only `init` and `db upgrade` may create a database file.

@@ -1,6 +1,6 @@
 """120 deliveries at once into one SQLite database (qmail's largest concurrencylocal), with
 `whitelist import` and `pending purge` running beside them: none may fail and none may see
-"database is locked" (DESIGN §7: BEGIN IMMEDIATE with a 30 s busy timeout). The longest wait
+"database is locked" (contract §3: BEGIN IMMEDIATE with a 30 s busy timeout). The longest wait
 for the write lock, measured in each process through SQLAlchemy's events, is printed and written
 to figures-concurrency.json."""
 

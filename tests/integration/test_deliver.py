@@ -1,4 +1,4 @@
-"""`crtool deliver` as qmail-local runs it, through every branch of DESIGN §1."""
+"""`crtool deliver` as qmail-local runs it, through every branch of contract §1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile input is held, never a traceback and never a temporary failure (DESIGN §7a).
+"""Hostile input is held, never a traceback and never a temporary failure (contract §3).
 
 A tempfail makes qmail retry for a week and bounce anyway, so a strange message must not earn
 one: garbage bytes, no header block, headers that make Python's email parser raise, a header of

@@ -1,5 +1,5 @@
 """Hypothesis over message bytes and envelope strings: `crtool deliver` never raises and never
-tempfails (DESIGN §7a). Each example runs the real command, in this process, through
+tempfails (contract §3). Each example runs the real command, in this process, through
 `crtool.cli.main` against a real SQLite home, with stdin and the environment replaced.
 
 CRTOOL_FUZZ_EXAMPLES raises the count for a longer local run; fuzz/ has the atheris harness for

@@ -294,7 +294,7 @@ HEAVY = re.compile(r"\| +(sqlalchemy|jinja2|itsdangerous|alembic)\b", re.MULTILI
 
 
 def test_whitelisted_mail_never_imports_sqlalchemy(tmp_path: Path) -> None:
-    # The fast read path (DESIGN §7b) is for SQLite; on PostgreSQL the server is the lean way.
+    # The fast read path (contract §10) is for SQLite; on PostgreSQL the server is the lean way.
     mailbox = other_mailbox(tmp_path, "alice")
     mailbox.ok("whitelist", "add", "friend@example.org")
     assert HEAVY.findall(_imports(mailbox, "friend@example.org")) == []

@@ -1,4 +1,4 @@
-"""The challenge as DESIGN §6 has it: its fixed set of headers, the RFC 3834 marks, and a body
+"""The challenge as contract §6 has it: its fixed set of headers, the RFC 3834 marks, and a body
 that quotes the original's key headers and a short excerpt only. Whatever an incoming message
 carries in its headers can neither add a header nor a recipient to the challenge."""
 

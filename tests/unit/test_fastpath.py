@@ -1,4 +1,4 @@
-"""The fast read path (DESIGN §7b): the SQL it runs is what SQLAlchemy compiles from the one
+"""The fast read path (contract §10): the SQL it runs is what SQLAlchemy compiles from the one
 schema, it reads the lists exactly as the full path does, and it only ever says "whitelisted"."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The checklist of MTA.md "Before any automatic reply", one table row per rule, on the pure
+"""The checklist of RFC 3834 and docs/reasons.md, one table row per rule, on the pure
 policy core: each row is an incoming message and the reason it gets no challenge (or None)."""
 
 from __future__ import annotations
