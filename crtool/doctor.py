@@ -56,13 +56,21 @@ def check_database(settings: Settings) -> Iterator[str]:
     from sqlalchemy import text
 
     from crtool.store import schema
-    from crtool.store.engine import make_engine
+    from crtool.store.engine import make_engine, sqlite_path
 
     try:
         engine = make_engine(settings.database_url, timeout=settings.database_timeout)
     except TemporaryFailure as error:
         yield str(error)
         return
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode = 0  # what cannot be examined is reported below, when SQLite cannot open it
+        if mode & 0o077:
+            yield f"database {path} has mode {mode:o}: it holds mail; chmod 600 it"
     try:
         if engine.dialect.name == "sqlite":
             with engine.connect() as connection:

@@ -57,6 +57,8 @@ FAULTS: dict[str, tuple[Callable[[Mailbox], object], tuple[str, ...]]] = {
     "config_invalid": (lambda b: (b.home / "config.toml").write_text("address = [\n"),
                        ("config", "not valid TOML")),
     "config_value": (lambda b: set_config(b, mta="smtp"), ("'mta'", "must be one of")),
+    "database_open": (lambda b: (b.home / "crtool.db").chmod(0o644),
+                      ("database", "mode 644", "chmod 600")),
     "database_missing": (lambda b: (b.home / "crtool.db").unlink(), ("database", "missing")),
     "database_corrupt": (corrupt, ("database", "malformed")),
     "schema_old": (old_schema, ("schema", "ancient", "crtool db upgrade")),

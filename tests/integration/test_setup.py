@@ -33,6 +33,17 @@ def crtool(home: Path, *args: str, user_home: Path) -> subprocess.CompletedProce
                           capture_output=True, env=env, timeout=120, check=False)
 
 
+def initialised(tmp_path: Path, user: str) -> tuple[Path, Path]:
+    """A user's home directory and a crtool HOME in it made by `init`, as that user would."""
+    user_home = tmp_path / user
+    user_home.mkdir()
+    home = user_home / ".crtool"
+    result = crtool(home, "init", "--address", f"{user}@example.test",
+                    "--maildir", str(user_home / "Maildir"), user_home=user_home)
+    assert result.returncode == 0, result.stderr
+    return user_home, home
+
+
 def snapshot(*roots: Path) -> dict[str, tuple[int, bytes | str]]:
     """Every entry under `roots` (not following links): its mode and content or link target."""
     found: dict[str, tuple[int, bytes | str]] = {}
@@ -85,12 +96,7 @@ def test_root_init_refuses_a_home_of_another_user_and_writes_nothing(
 @needs_root
 def test_root_keys_rotate_in_another_users_home_writes_nothing(
         tmp_path: Path, roots_file: Path) -> None:
-    user_home = tmp_path / "mallory"
-    user_home.mkdir()
-    home = user_home / ".crtool"
-    assert crtool(home, "init", "--address", "mallory@example.test",
-                  "--maildir", str(user_home / "Maildir"),
-                  user_home=user_home).returncode == 0
+    user_home, home = initialised(tmp_path, "mallory")
     for name in ("keys.tmp", ".keys.tmp"):
         (home / name).symlink_to(roots_file)
     chown_tree(user_home, MALLORY)
@@ -128,11 +134,7 @@ def test_init_never_reads_or_writes_through_a_linked_config(tmp_path: Path,
 
 def test_keys_rotate_replaces_the_ring_and_leaves_planted_links_alone(
         tmp_path: Path, roots_file: Path) -> None:
-    user_home = tmp_path / "alice"
-    user_home.mkdir()
-    home = user_home / ".crtool"
-    assert crtool(home, "init", "--address", "alice@example.test",
-                  user_home=user_home).returncode == 0
+    user_home, home = initialised(tmp_path, "alice")
     (home / "keys.tmp").symlink_to(roots_file)
     assert crtool(home, "keys", "rotate", user_home=user_home).returncode == 0
     assert roots_file.read_text() == "root's own line\n"
@@ -262,11 +264,7 @@ def test_init_refuses_a_home_whose_database_is_gone(mailbox: Mailbox) -> None:
 
 
 def test_db_upgrade_never_makes_a_missing_database(tmp_path: Path) -> None:
-    user_home = tmp_path / "alice"
-    user_home.mkdir()
-    home = user_home / ".crtool"
-    assert crtool(home, "init", "--address", "alice@example.test",
-                  user_home=user_home).returncode == 0
+    user_home, home = initialised(tmp_path, "alice")
     (home / "crtool.db").unlink()
     result = crtool(home, "db", "upgrade", user_home=user_home)
     assert result.returncode == 4 and b"restore it from a backup" in result.stderr
