@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 SOCKET_NAME = "crtool.sock"
 MAGIC = b"crtool/1\n"
@@ -44,6 +45,9 @@ ANSWER_TIMEOUT = 300.0
 ENVIRON_KEYS = (b"SENDER", b"RECIPIENT", b"DTLINE", b"RPLINE")
 _UCRED = struct.Struct("3i")
 _COPY_CHUNK = 1024 * 1024
+# The most of a pipe copied for the server: the server pays off for the many small messages;
+# a message larger than this is read on in-process, straight from the pipe.
+SPOOL_CAP = 64 * 1024 * 1024
 
 
 class ProtocolError(Exception):
@@ -149,26 +153,55 @@ def peer_uid(connection: socket.socket) -> int:
     return int(_UCRED.unpack(raw)[1])
 
 
-def _seekable_offset(fd: int) -> int | None:
+def _file_offset(fd: int) -> int | None:
+    """The position in `fd` when it is a regular file (what qmail gives), else None: only a
+    regular file is passed to the server as it is, since only a file has an end of its own
+    (a device such as /dev/zero is seekable too, and endless)."""
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         return os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         return None
 
 
-def _spool(source: BinaryIO, directory: str) -> BinaryIO:
-    """Copy a pipe into an unlinked file in `directory` (HOME, 0700), in bounded chunks.
+def _spool(source: BinaryIO, directory: str) -> tuple[BinaryIO, bool]:
+    """Copy a pipe into an unlinked file in `directory` (HOME, 0700), in bounded chunks, and
+    say whether the pipe ended within SPOOL_CAP bytes.
 
-    Side effect: drains `source`. The file vanishes when it is closed.
+    Side effect: drains `source` up to SPOOL_CAP. The file vanishes when it is closed.
     """
     import tempfile
 
     spool = tempfile.TemporaryFile(dir=directory)
-    while chunk := source.read(_COPY_CHUNK):
+    size = 0
+    complete = False
+    while size < SPOOL_CAP:
+        chunk = source.read(min(_COPY_CHUNK, SPOOL_CAP - size))
+        if not chunk:
+            complete = True
+            break
         spool.write(chunk)
+        size += len(chunk)
     spool.flush()
     spool.seek(0)
-    return spool
+    return spool, complete
+
+
+def _chain(first: BinaryIO, then: BinaryIO) -> BinaryIO:
+    """`first` to its end, then `then`: a pipe too long to spool, read on in-process."""
+    import io
+
+    class Chain(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            data = first.read(len(buffer)) or then.read(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+
+    return io.BufferedReader(Chain())
 
 
 def connect(path: str) -> socket.socket | None:
@@ -200,10 +233,14 @@ def deliver(home: str, request: Request,
         return None, stdin
     with sock:
         stream = stdin
-        offset = _seekable_offset(stdin.fileno())
+        offset = _file_offset(stdin.fileno())
         if offset is None:
-            stream = _spool(stdin, home)
+            stream, complete = _spool(stdin, home)
             offset = 0
+            if not complete:
+                # Larger than any message worth a copy: read on in-process, where
+                # max_message_size bounds it, with no second copy on disk.
+                return None, _chain(stream, stdin)
         try:
             answer = _exchange(sock, request, stream.fileno(), offset)
         except (OSError, ProtocolError, ValueError):
