@@ -201,6 +201,10 @@ def _chain(first: BinaryIO, then: BinaryIO) -> BinaryIO:
             buffer[:len(data)] = data
             return len(data)
 
+        def close(self) -> None:
+            first.close()  # the copy; `then` (stdin) is the caller's
+            super().close()
+
     return io.BufferedReader(Chain())
 
 
