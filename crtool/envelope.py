@@ -18,7 +18,7 @@ from crtool.errors import TemporaryFailure
 # How much of the message is read before deciding anything: the header block, up to this cap.
 # The rest stays in the pipe until a branch needs it, so a whitelisted 50 MB message costs little.
 HEAD_CAP = 256 * 1024
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024
 # How much of the start of a message a challenge may read (the header block and a little of
 # the body): kept while the message streams into the store, so nothing reads it back.
 START_CAP = HEAD_CAP + 64 * 1024

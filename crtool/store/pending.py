@@ -40,7 +40,7 @@ def get(session: Session, owner: str, pending_id: str) -> Pending | None:
 
 # The largest piece of a held message stored as one value: small against any memory bound,
 # far below SQLite's limit on one value (1 GB), and few rows even for a large message.
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024
 
 
 def hold(session: Session, row: Pending, chunks: Iterable[bytes], new_id: Callable[[], str],

@@ -29,7 +29,7 @@ from crtool.store.engine import make_engine, transaction
 from crtool.store.models import PendingChunk
 from crtool.tokens import load_keys, secrets_of
 from tests.integration.test_hostile import _MEASURE, held_rows
-from tests.integration.test_serve import start_server
+from tests.integration.test_serve import other_mailbox, start_server
 from tests.support import CAPTURE_SENDMAIL, Mailbox, crtool_executable, qmail_env
 
 STRANGER = "bob@remote.test"
@@ -132,21 +132,15 @@ def _sha256(path: Path, skip_trace: bool = False) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture
-def sqlite_mailbox(mailbox: Mailbox) -> Mailbox:
-    if not mailbox.database_url.startswith("sqlite"):
-        pytest.skip("SQLite's limit on one value; PostgreSQL stores each piece as bytea")
-    return mailbox
-
-
 def test_a_message_larger_than_sqlites_largest_value_is_held(
-        sqlite_mailbox: Mailbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SQLite refuses any one value past SQLITE_LIMIT_LENGTH (1,000,000,000 bytes by
     default). The limit is lowered here to 3 MiB on every connection, through SQLite's own
     sqlite3_limit, so that a 10 MiB message stands for one past 1 GB: storing it as one value
     fails, and the delivery holds it all the same, byte for byte. (A real 1.1 GB message is
     held by `make bench`, scenario hold_1100m.)"""
-    box = sqlite_mailbox
+    # SQLite only: PostgreSQL keeps each piece as a bytea of its own (up to 1 GB each).
+    box = other_mailbox(tmp_path, "alice")
     limit = 3 * MIB
     monkeypatch.setenv("CRTOOL_TEST_OUTBOX", str(box.outbox.path))
     settings = load_settings(box.home)
