@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -328,8 +329,9 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
             # Piece by piece, inside one read transaction: a large message is never whole in
             # memory, and a release meanwhile cannot cut it short.
             sys.stdout.flush()
-            for piece in pending.chunks(session, row.id):
-                sys.stdout.buffer.write(piece)
+            with closing(pending.chunks(session, row.id)) as pieces:
+                for piece in pieces:
+                    sys.stdout.buffer.write(piece)
             sys.stdout.buffer.flush()
         return EXIT_OK
     if args.verb == "release":

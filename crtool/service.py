@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -330,8 +331,9 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> l
     for row in rows:
         if not pending.has_bytes(session, row.id):
             continue
-        maildir.deliver(box.settings.maildir, pending.chunks(session, row.id),
-                        trace_prefix(row.mta, row.sender, row.recipient))
+        with closing(pending.chunks(session, row.id)) as pieces:
+            maildir.deliver(box.settings.maildir, pieces,
+                            trace_prefix(row.mta, row.sender, row.recipient))
         pending.finish(session, row, pending.RELEASED, now)
         log.record_event(session, box.owner, now, "released", "", row.sender, row.id)
         released.append(row.id)
