@@ -1,10 +1,11 @@
 """`crtool deliver` as a client of the resident server (`crtool serve`), like spamc to spamd.
 
-This module imports only the standard library, and of that only `os`, `socket` and `struct`
-(no dataclasses, no typing: each costs as much as starting the interpreter): a client that paid
-for SQLAlchemy, or for much else, would gain little from the server. It hands the server the
-envelope and the message's file descriptor; the server answers with the exit code and the
-stderr line, worked out by the same code (delivery.status, exits.py) as an in-process delivery.
+This module imports only the standard library, and of that only `os`, `socket`, `stat` and
+`struct` (no dataclasses, no typing: each costs as much as starting the interpreter): a client
+that paid for SQLAlchemy, or for much else, would gain little from the server. It hands the
+server the envelope and the message's file descriptor; the server answers with the exit code and
+the stderr line, worked out by the same code (delivery.status, exits.py) as an in-process
+delivery.
 
 Why the descriptor is passed (SCM_RIGHTS) rather than the bytes streamed: qmail hands a program
 delivery the message as a seekable file, so the server can read the header block straight from
@@ -12,7 +13,11 @@ it and never touch the body of a whitelisted 50 MB message, with no copy through
 The server reads with pread at an offset and never moves the shared file position, so if it
 dies, refuses or does not answer, this process still has its stdin exactly as it got it and
 delivers in-process. A pipe (Postfix, procmail) cannot be re-read, so its bytes are first
-copied into an unlinked file in HOME; both the server and the fallback read that copy.
+copied into an unlinked file in HOME; both the server and the fallback read that copy. Only a
+regular file is passed as it is: anything else (a device such as /dev/zero is seekable too) is
+copied like a pipe, and a copy that reaches SPOOL_CAP is not offered to the server at all: the
+delivery goes on in-process, from the copy and then the rest of stdin, where the configured
+max_message_size bounds it.
 
 Wire format, over an AF_UNIX SOCK_SEQPACKET socket (one packet each way, so no framing):
 request = MAGIC + offset + fields, each field "-" (absent) or "+" len(4) bytes; the server sends
