@@ -71,6 +71,10 @@ def hold(session: Session, row: Pending, chunks: Iterable[bytes], new_id: Callab
                 pending_id=candidate, seq=seq, owner=row.owner, data=piece))
             seq += 1
             size += len(piece)
+    if seq == 0:
+        # An empty message is held too: piece 0 says its bytes are here, all none of them.
+        session.execute(insert(PendingChunk).values(
+            pending_id=candidate, seq=0, owner=row.owner, data=b""))
     digest = fingerprint()
     earlier = by_digest(session, row.owner, digest)
     if earlier is not None:

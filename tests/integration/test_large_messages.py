@@ -303,3 +303,16 @@ def test_settings_refuse_a_max_message_size_below_one(mailbox: Mailbox) -> None:
     result = mailbox.run("pending", "list")
     assert result.returncode == 4 and b"max_message_size" in result.stderr, result.stderr
 
+
+
+def test_an_empty_message_is_held_and_released_like_any_other(mailbox: Mailbox) -> None:
+    """No bytes at all still make one stored piece: the message is held, shown and
+    released, not taken for one whose bytes are gone."""
+    result = mailbox.deliver(b"", STRANGER)
+    assert result.returncode == 99, result.stderr
+    (row,) = held_rows(mailbox)
+    shown = mailbox.run("pending", "show", str(row["id"]))
+    assert shown.returncode == 0 and shown.stdout == b"", shown.stderr
+    assert mailbox.ok("pending", "release", str(row["id"])).split() == ["released:", row["id"]]
+    (delivered,) = mailbox.maildir_messages()
+    assert delivered.split(b"\n")[2:] == [b""]
