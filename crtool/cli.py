@@ -177,8 +177,12 @@ def _deliver(home: str, request: Request, debug: bool) -> int:
     there and it answers, else here, by the same code (delivery.handle), more slowly."""
     from crtool import client
 
-    stream = sys.stdin.buffer
     try:
+        if sys.stdin is None:
+            # Started with descriptor 0 closed (`<&-`): there is no message to read, which
+            # only a broken installation does; the MTA keeps the message and retries.
+            raise TemporaryFailure("stdin is closed: no message to read")
+        stream = sys.stdin.buffer
         reply = None
         if os.path.exists(os.path.join(home, client.SOCKET_NAME)):
             reply, stream = client.deliver(home, request, stream)

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -339,12 +340,15 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
             row = pending.get(session, owner, args.id)
             if row is None:
                 raise NotFound(f"no message {args.id}")
-            raw = pending.raw_bytes(session, row.id)
-        if raw is None:
-            raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
-        sys.stdout.flush()
-        sys.stdout.buffer.write(raw)
-        sys.stdout.buffer.flush()
+            if not pending.has_bytes(session, row.id):
+                raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
+            # Piece by piece, inside one read transaction: a large message is never whole in
+            # memory, and a release meanwhile cannot cut it short.
+            sys.stdout.flush()
+            with closing(pending.chunks(session, row.id)) as pieces:
+                for piece in pieces:
+                    sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
         return EXIT_OK
     if args.verb == "release":
         for pending_id in service.release_ids(_mailbox(settings), args.ids, args.whitelist):

@@ -23,6 +23,10 @@ DATABASE_NAME = "crtool.db"
 DELIVERY_MODES = ("continue", "maildir")
 BLACKLIST_ACTIONS = ("drop", "bounce")
 
+# Far above what any MTA passes by default (Postfix 10 MB, Exim 50 MB) and above SQLite's 1 GB
+# limit on one value, so real mail is held; finite, so /dev/zero on stdin is not read forever.
+DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024 * 1024
+
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -77,6 +81,8 @@ class Settings:
     sendmail_timeout: int = 60
     database_timeout: int = 30
     authserv_id: str = ""
+    # Bytes; a longer stream is a broken environment, not a message (envelope.RawMessage).
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     @property
     def keys_path(self) -> Path:
@@ -93,7 +99,7 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
-_INTEGERS = {"challenge_limit", "challenge_global_limit"}
+_INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size"}
 _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
@@ -132,6 +138,8 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
             if not isinstance(value, str):
                 raise ValueError(f"setting {name!r} must be a string")
             values[name] = value
+    if values.get("max_message_size", 1) < 1:
+        raise ValueError("setting 'max_message_size' must be at least 1 (bytes)")
     from crtool.addresses import split_address
 
     local, domain = split_address(values["address"])
@@ -232,4 +240,7 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# Bytes. A longer message on stdin is taken for a broken environment (such as /dev/zero) and
+# the MTA is asked to retry; raise it if you receive larger mail.
+max_message_size = {settings.max_message_size}
 """

@@ -51,7 +51,8 @@ def status(answer: Answer) -> tuple[int, str]:
 
 def failure(request: Request, error: BaseException) -> Answer:
     """A delivery that broke before `handle` could say anything: a retry."""
-    return Answer(guess_mta(request), Outcome.TEMPFAIL.value, describe(error))
+    detail = str(error) if isinstance(error, TemporaryFailure) else describe(error)
+    return Answer(guess_mta(request), Outcome.TEMPFAIL.value, detail)
 
 
 class Resources(Protocol):
@@ -133,7 +134,8 @@ def handle(home: Path, request: Request, stream: BinaryIO, resources: Resources,
         settings = with_mta(resources.settings(home), request.mta)
         mta = settings.mta
         envelope = Envelope.from_environ(request.environ, request.sender, request.recipient)
-        raw = RawMessage.read(stream, strip_from_line=mta != "qmail")
+        raw = RawMessage.read(stream, strip_from_line=mta != "qmail",
+                              limit=settings.max_message_size)
         if fast:
             from crtool import fastpath
 

@@ -21,6 +21,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import traceback
@@ -153,6 +154,13 @@ class Warm:
             self._engines.clear()
 
 
+def _regular_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
 def _log(line: str) -> None:
     sys.stderr.write(f"crtool serve: {' '.join(line.split())}\n")
     sys.stderr.flush()
@@ -258,8 +266,15 @@ class Server:
         stream = io.BufferedReader(PositionalReader(fds[0], offset))
         with stream:
             connection.sendall(client.ACK)
-            answer = delivery.handle(self.home, request, stream, self.warm, fast=False,
-                                     on_error=traceback.print_exception)
+            if _regular_file(fds[0]):
+                answer = delivery.handle(self.home, request, stream, self.warm, fast=False,
+                                         on_error=traceback.print_exception)
+            else:
+                # crtool's client passes only a regular file (a pipe or a device it copies
+                # first), so anything else, /dev/zero say, comes from a broken caller:
+                # refused at once rather than read without end.
+                answer = delivery.failure(request, TemporaryFailure(
+                    "the message descriptor is not a regular file"))
         _log(f"{answer.outcome}: {answer.detail}")
         code, line = delivery.status(answer)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
 from sqlalchemy import Engine
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from crtool import addresses, challenge, fastpath, maildir, policy, tokens
 from crtool.config import Settings
-from crtool.envelope import STORED_CAP, Envelope, RawMessage, digest
+from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
 from crtool.exits import Outcome
 from crtool.fastpath import trace_prefix
@@ -115,8 +116,6 @@ def _blacklisted(box: Mailbox, session: Session, envelope: Envelope,
 
 def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
           incoming: policy.Incoming) -> Result:
-    data = raw.whole()
-    fingerprint = digest(box.owner, envelope, data)
     outgoing: _Outgoing | None = None
     # What a challenge needs and is slow to get (Jinja2's import, the template's compilation,
     # the key ring) is got before the write lock, which 120 concurrent deliveries queue for.
@@ -127,44 +126,46 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
     with transaction(box.engine) as session:
         now = box.now()
         pending.lock_owner(session, box.owner, now)
-        existing = pending.by_digest(session, box.owner, fingerprint)
-        if existing is not None:
+        # Decided again inside the write lock: a list may have changed since the first look.
+        verdict = policy.classify(incoming, _listing(session, box.owner, envelope.sender))
+        if verdict.action is not policy.Action.CHALLENGE and verdict.action is not \
+                policy.Action.HOLD:
+            return _decided_late(box, session, envelope, raw, verdict)
+        reason = verdict.reason
+        sender_key = addresses.normalize_address(envelope.sender)
+        if verdict.action is policy.Action.CHALLENGE:
+            reason = _rate_limited(box, session, sender_key, now) or reason
+        challenging = reason == "challenged"
+        # The bytes stream from stdin into the store; the digest that finds an earlier hold
+        # of this very delivery is known only at the end, so the look-up comes after, in the
+        # same transaction, and a retry's bytes are discarded there.
+        fingerprint = Fingerprint(box.owner, envelope)
+        held = Pending(
+            owner=box.owner,
+            sender=envelope.sender[:STORED_CAP],
+            sender_key=sender_key[:STORED_CAP],
+            recipient=envelope.recipient[:STORED_CAP],
+            from_header=facts.from_header[:STORED_CAP],
+            subject=facts.subject[:STORED_CAP],
+            message_id=facts.message_id[:STORED_CAP],
+            received_at=now,
+            mta=box.settings.mta,
+            status=pending.HELD,
+            reason=reason,
+            challenged_at=now if challenging else None,
+        )
+        row = pending.hold(session, held, fingerprint.through(raw.chunks()),
+                           tokens.new_token_id, fingerprint.hexdigest)
+        if row is not held:
             # A retry of a delivery already held (a crash or a tempfail came between).
-            outgoing = _unsent_challenge(box, session, existing, data, facts)
-            result = Result(Outcome.HELD, f"already held as {existing.id}", existing.id,
-                            existing.reason)
+            outgoing = _unsent_challenge(box, session, row, raw.start, facts)
+            result = Result(Outcome.HELD, f"already held as {row.id}", row.id, row.reason)
         else:
-            # Decided again inside the write lock: a list may have changed since the first look.
-            verdict = policy.classify(incoming, _listing(session, box.owner, envelope.sender))
-            if verdict.action is not policy.Action.CHALLENGE and verdict.action is not \
-                    policy.Action.HOLD:
-                return _decided_late(box, session, envelope, raw, verdict)
-            reason = verdict.reason
-            sender_key = addresses.normalize_address(envelope.sender)
-            if verdict.action is policy.Action.CHALLENGE:
-                reason = _rate_limited(box, session, sender_key, now) or reason
-            challenging = reason == "challenged"
             if challenging and not keys:
                 keys = box.keys()
-            row = pending.hold(session, Pending(
-                owner=box.owner,
-                sender=envelope.sender[:STORED_CAP],
-                sender_key=sender_key[:STORED_CAP],
-                recipient=envelope.recipient[:STORED_CAP],
-                from_header=facts.from_header[:STORED_CAP],
-                subject=facts.subject[:STORED_CAP],
-                message_id=facts.message_id[:STORED_CAP],
-                received_at=now,
-                size=len(data),
-                digest=fingerprint,
-                mta=box.settings.mta,
-                status=pending.HELD,
-                reason=reason,
-                challenged_at=now if challenging else None,
-            ), data, tokens.new_token_id)
             log.record_event(session, box.owner, now, "held", reason, envelope.sender, row.id)
             if challenging:
-                outgoing = _prepare_challenge(box, session, row, data, facts, keys, now)
+                outgoing = _prepare_challenge(box, session, row, raw.start, facts, keys, now)
                 result = Result(Outcome.HELD, f"held as {row.id}; challenge sent to "
                                 f"{envelope.sender}", row.id, reason)
             else:
@@ -308,8 +309,8 @@ def _rechallenge(box: Mailbox, session: Session, row: Pending, now: int,
     limited = _rate_limited(box, session, row.sender_key, now)
     if limited is not None:
         return None, f"confirm token expired; no fresh challenge ({limited}); dropped"
-    data = pending.raw_bytes(session, row.id) or b""
-    facts = parse_head(data[: 256 * 1024])
+    data = pending.head(session, row.id, START_CAP)
+    facts = parse_head(data[:HEAD_CAP])
     row.challenged_at = now
     session.flush()
     return (_prepare_challenge(box, session, row, data, facts, keys, now),
@@ -328,11 +329,11 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> l
     """Write each held message into the Maildir, then mark it released (same transaction)."""
     released = []
     for row in rows:
-        data = pending.raw_bytes(session, row.id)
-        if data is None:
+        if not pending.has_bytes(session, row.id):
             continue
-        maildir.deliver(box.settings.maildir, [data],
-                        trace_prefix(row.mta, row.sender, row.recipient))
+        with closing(pending.chunks(session, row.id)) as pieces:
+            maildir.deliver(box.settings.maildir, pieces,
+                            trace_prefix(row.mta, row.sender, row.recipient))
         pending.finish(session, row, pending.RELEASED, now)
         log.record_event(session, box.owner, now, "released", "", row.sender, row.id)
         released.append(row.id)

@@ -141,7 +141,7 @@ def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> N
     from sqlalchemy import insert
 
     from crtool.store.engine import make_engine, transaction
-    from crtool.store.models import Pending, PendingBody
+    from crtool.store.models import Pending, PendingChunk
 
     engine = make_engine(box.database_url)
     received = int(time.time()) - age
@@ -155,8 +155,8 @@ def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> N
                     subject="old", message_id="", received_at=received, size=20,
                     digest=f"{i:0>64}", mta="qmail", status="held", reason="challenged",
                     challenged_at=received, released_at=None) for i in ids])
-                session.execute(insert(PendingBody), [
-                    dict(pending_id=i, owner=box.address, raw=b"Subject: old\n\nold\n")
+                session.execute(insert(PendingChunk), [
+                    dict(pending_id=i, seq=0, owner=box.address, data=b"Subject: old\n\nold\n")
                     for i in ids])
     finally:
         engine.dispose()

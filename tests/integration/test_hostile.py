@@ -35,7 +35,8 @@ def assert_held_intact(box: Mailbox, data: bytes, sender: str = STRANGER) -> Non
     assert b"held as" in result.stderr, result.stderr
     rows = held_rows(box)
     assert len(rows) == 1
-    assert box.run("pending", "show", str(rows[0]["id"])).stdout == data
+    shown = box.run("pending", "show", str(rows[0]["id"]))
+    assert shown.returncode == 0 and shown.stdout == data, shown.stderr
 
 
 HOSTILE = {
