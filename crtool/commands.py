@@ -189,10 +189,11 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.verb == "check":
         with transaction(engine, write=False) as session:
-            found = [key for name, key in lists.matches(session, owner, args.address)
+            keys = addresses.lookup_keys(args.address, settings.subaddress_separators)
+            found = [key for name, key in lists.matches(session, owner, keys)
                      if name == list_name]
         if found:
-            best = max(found, key=addresses.specificity)
+            best = min(found, key=keys.index)
             print(f"listed: {args.address} (matches {_shown(best)})")
             return EXIT_OK
         print(f"not listed: {args.address}")

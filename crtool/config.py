@@ -77,6 +77,7 @@ class Settings:
     sendmail_timeout: int = 60
     database_timeout: int = 30
     authserv_id: str = ""
+    subaddress_separators: str = "+"
 
     @property
     def keys_path(self) -> Path:
@@ -99,7 +100,8 @@ _CHOICES = {
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
+            "subaddress_separators"}
 
 
 def default_database_url(home: Path) -> str:
@@ -140,6 +142,11 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     delimiter = values.get("delimiter", "-")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    separators = values.get("subaddress_separators", "+")
+    if any(c.isalnum() or c.isspace() or c in '@."\\<>=' or not c.isprintable()
+           for c in separators):
+        raise ValueError("setting 'subaddress_separators' must be punctuation characters "
+                         "such as '+' (not '@', '.', '=' or quotes)")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
     if values.get("mta", "qmail") != "qmail":
@@ -211,4 +218,6 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# Characters that start a sub-address (bob+news@example.com is bob@example.com); "" for none.
+subaddress_separators = {q(settings.subaddress_separators)}
 """
