@@ -62,6 +62,13 @@ class Pattern:
         return "*@" + self.key
 
 
+def kind_of(key: str) -> str:
+    """The kind of a stored key: the three forms cannot be mistaken for each other."""
+    if key.startswith("*."):
+        return SUBDOMAINS
+    return DOMAIN if key.startswith("@") else EXACT
+
+
 def parse_pattern(text: str) -> Pattern:
     """Parse what the owner typed; UsageError for anything that is not one of the three forms.
 

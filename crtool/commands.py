@@ -220,9 +220,7 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _shown(key: str) -> str:
-    if key.startswith("*."):
-        return "*@" + key
-    return key
+    return addresses.Pattern(addresses.kind_of(key), key).text
 
 
 def _stream_json_array(items: Iterator[dict[str, Any]]) -> None:

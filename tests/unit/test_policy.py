@@ -3,6 +3,8 @@ policy core: each row is an incoming message and the reason it gets no challenge
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from crtool import addresses, policy
@@ -159,7 +161,7 @@ def test_the_more_specific_entry_wins_whichever_list_it_is_on() -> None:
     keys = addresses.lookup_keys(TAGGED)
     assert keys == ["bob+news@mail.remote.test", "bob@mail.remote.test", "@mail.remote.test",
                     "*.remote.test", "*.test"]
-    for narrow, wide in zip(keys, keys[1:]):
+    for narrow, wide in itertools.pairwise(keys):
         for narrow_list, wide_list in ((policy.WHITE, policy.BLACK),
                                        (policy.BLACK, policy.WHITE)):
             for matches in ([(narrow_list, narrow), (wide_list, wide)],
