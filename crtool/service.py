@@ -278,7 +278,7 @@ def confirm(box: Mailbox, envelope: Envelope, facts: Facts, token: str) -> Resul
             if refused is not None:
                 reason, detail = refused
                 log.record_event(session, box.owner, now, "dropped", reason, row.sender, row.id)
-                return Result(Outcome.DROPPED, f"{detail}; dropped", row.id, reason)
+                return Result(Outcome.DROPPED, f"{detail} ({reason}); dropped", row.id, reason)
             _whitelist(box, session, row.sender, "confirmed", now)
             log.record_event(session, box.owner, now, "confirmed", "", row.sender, row.id)
             confirmed = (row.id, row.sender, row.sender_key)
@@ -353,8 +353,11 @@ def _whitelist(box: Mailbox, session: Session, sender: str, note: str, now: int)
 
 
 # Each batch of a release is its own short transaction: 6,000 messages released at once held
-# the write lock for 15 s, and deliveries queued behind it gave up.
+# the write lock for 15 s, and deliveries queued behind it gave up. A batch ends at
+# RELEASE_BATCH messages or once it has held the lock RELEASE_SECONDS (Maildir writes are
+# fsynced, so their cost depends on the disk).
 RELEASE_BATCH = 100
+RELEASE_SECONDS = 0.25
 
 
 def release_held(box: Mailbox, sender_key: str, last: str | None = None,
@@ -369,26 +372,30 @@ def release_held(box: Mailbox, sender_key: str, last: str | None = None,
     """
     released: list[str] = []
     after: tuple[int, str] | None = None
-    while True:
+    done = False
+    while not done:
         with transaction(box.engine) as session:
             now = box.now()
+            deadline = time.monotonic() + RELEASE_SECONDS
             pending.lock_owner(session, box.owner, now)
             rows = pending.held_batch(session, box.owner, sender_key, RELEASE_BATCH, after,
                                       exclude=last)
-            final = len(rows) < RELEASE_BATCH
-            if rows:
-                after = (rows[-1].received_at, rows[-1].id)
-            if final and last is not None:
+            done = len(rows) < RELEASE_BATCH
+            if done and last is not None:
                 row = pending.get(session, box.owner, last)
                 if row is not None and row.status == pending.HELD:
                     rows.append(row)
-            if recheck:
-                verdicts: dict[str, bool] = {}
-                rows = [row for row in rows if not verdicts.setdefault(
-                    row.sender, _blacklisted_now(box, session, row.sender))]
-            released += _release(box, session, rows, now)
-        if final:
-            return released
+            blacklisted: dict[str, bool] = {}
+            for number, row in enumerate(rows):
+                if number and time.monotonic() > deadline:
+                    done = False  # the rest in the next transaction
+                    break
+                after = (row.received_at, row.id)
+                if recheck and blacklisted.setdefault(
+                        row.sender, _blacklisted_now(box, session, row.sender)):
+                    continue
+                released += _release(box, session, [row], now)
+    return released
 
 
 def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> list[str]:
