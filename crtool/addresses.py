@@ -192,7 +192,8 @@ def confirmed_pattern(address: str, separators: str = "+") -> Pattern | None:
     return exact_pattern(address)
 
 
-def _domain_keys(domain: str) -> list[str]:
+def domain_keys(domain: str) -> list[str]:
+    """The domain key and the subdomain keys that cover `domain`, most specific first."""
     labels = domain.split(".")
     return ["@" + domain] + ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]
 
@@ -213,7 +214,7 @@ def lookup_keys(address: str, separators: str = "+") -> list[str]:
     if not domain or not local:
         return []
     base = unmangle(key, separators)
-    keys = [key, base, *_domain_keys(domain), *_domain_keys(split_address(base)[1])]
+    keys = [key, base, *domain_keys(domain), *domain_keys(split_address(base)[1])]
     return list(dict.fromkeys(keys))
 
 

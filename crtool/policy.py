@@ -252,12 +252,29 @@ def dkim_passed_for(m: Incoming, domain: str) -> bool:
         for r in authentication_results(m.facts, m.authserv_id))
 
 
-def whitelisted_but_forged(m: Incoming) -> bool:
+def _named_by_forwarder(m: Incoming, listing: Listing) -> str:
+    """The original sender's domain when `listing` matched only the address an SRS forwarder
+    named (SRS0=HH=TT=domain=local@forwarder), not the envelope's own; else ""."""
+    own = addresses.normalize_address(m.sender)
+    domain = _domain(own)
+    original = _domain(addresses.unmangle(own, ""))
+    if original == domain or listing.key == own or listing.key in addresses.domain_keys(domain):
+        return ""
+    return original
+
+
+def whitelisted_but_forged(m: Incoming, listing: Listing) -> bool:
     """A whitelisted sender's address on a message its domain disowns: DMARC fails for the
     From: domain, or SPF fails for the envelope domain and no DKIM signature of that domain
-    verified (a forwarded message fails SPF but keeps its signature). Only the owner's MTA's
-    results count (`authserv_id`), so without it nothing is judged forged."""
-    return dmarc_failed(m) or (spf_failed(m) and not dkim_passed_for(m, _domain(m.sender)))
+    verified (a forwarded message fails SPF but keeps its signature). The SPF a forwarder
+    passes says nothing of the sender it names in an SRS address, so a match through that
+    name needs a DKIM pass of the named sender's domain. Only the owner's MTA's results count
+    (`authserv_id`), so without it nothing is judged forged."""
+    if not m.authserv_id:
+        return False
+    named = _named_by_forwarder(m, listing)
+    return (dmarc_failed(m) or (spf_failed(m) and not dkim_passed_for(m, _domain(m.sender)))
+            or (named != "" and not dkim_passed_for(m, named)))
 
 
 @dataclass(frozen=True)
@@ -315,7 +332,9 @@ SUPPRESSION_RULES: tuple[Rule, ...] = (
 WHITELIST_HOLD_REASONS: dict[str, str] = {
     "whitelist_forged": "the sender is whitelisted, but the owner's MTA (`authserv_id`) wrote "
                         "`dmarc=fail` for the From: domain, or `spf=fail` for the envelope "
-                        "sender's domain with no `dkim=pass` for that domain",
+                        "sender's domain with no `dkim=pass` for that domain; or the sender "
+                        "is whitelisted only as the original sender an SRS address names, "
+                        "and no `dkim=pass` for that sender's domain was written",
 }
 
 RATE_LIMIT_RULES: tuple[tuple[str, str], ...] = (
@@ -369,7 +388,7 @@ def classify(message: Incoming, listing: Listing | None) -> Verdict:
     if listing is not None and listing.list_name == BLACK:
         return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
     if listing is not None and listing.list_name == WHITE:
-        if whitelisted_but_forged(message):
+        if whitelisted_but_forged(message, listing):
             return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
         return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
     reason = suppression_reason(message)

@@ -124,6 +124,10 @@ def test_a_whitelisted_address_the_mta_calls_forged_is_never_accepted_here(
     # Forwarded mail: SPF fails, the sender's own signature verifies.
     assert _forged_key(settings, "spf=fail smtp.mailfrom=bob@example.org; "
                                  "dkim=pass header.d=example.org") == "@example.org"
+    # An SRS address naming a whitelisted sender: only his own domain's signature counts.
+    srs = "SRS0=hh=tt=example.org=bob@fwd.test"
+    assert _forged_key(settings, "spf=pass smtp.mailfrom=" + srs, sender=srs) is None
+    assert _forged_key(settings, "dkim=pass header.d=example.org", sender=srs) == "@example.org"
     # Without authserv_id no header is trusted, so nothing is judged forged.
     assert _forged_key(settings, "dmarc=fail header.from=example.org",
                        authserv_id="") == "@example.org"

@@ -199,6 +199,28 @@ def test_a_whitelisted_sender_the_mta_calls_forged_is_held(results: str, forged:
         assert verdict.action is policy.Action.ACCEPT
 
 
+SRS = "SRS0=HHHH=TT=remote.test=bob@fwd.test"
+
+
+@pytest.mark.parametrize(("key", "results", "authserv_id", "forged"), [
+    # Whitelisted only as the sender the forwarder names: his domain's signature is needed.
+    ("bob@remote.test", "spf=pass smtp.mailfrom=" + SRS, MX, True),
+    ("@remote.test", "", MX, True),
+    ("bob@remote.test", "dkim=pass header.d=fwd.test", MX, True),
+    ("bob@remote.test", "dkim=pass header.d=remote.test", MX, False),
+    ("bob@remote.test", "", "", False),
+    # The forwarder itself, or its exact SRS address, is whitelisted: its SPF is its own.
+    ("@fwd.test", "", MX, False),
+    (SRS.lower(), "", MX, False),
+    ("@fwd.test", "spf=fail smtp.mailfrom=" + SRS, MX, True),
+])
+def test_a_forwarders_word_is_no_proof_of_the_sender_it_names(
+        key: str, results: str, authserv_id: str, forged: bool) -> None:
+    message = incoming(ar(results) if results else "", sender=SRS, authserv_id=authserv_id)
+    verdict = policy.classify(message, policy.Listing(policy.WHITE, key))
+    assert verdict.reason == ("whitelist_forged" if forged else "whitelisted")
+
+
 def test_only_the_owners_mta_can_call_a_whitelisted_sender_forged() -> None:
     for message in (incoming(ar("dmarc=fail header.from=remote.test", serv="mx.remote.test")),
                     incoming(ar("dmarc=fail header.from=remote.test"), authserv_id="")):
