@@ -391,9 +391,11 @@ def release_held(box: Mailbox, sender_key: str, last: str | None = None,
                     done = False  # the rest in the next transaction
                     break
                 after = (row.received_at, row.id)
-                if recheck and blacklisted.setdefault(
-                        row.sender, _blacklisted_now(box, session, row.sender)):
-                    continue
+                if recheck:
+                    if row.sender not in blacklisted:
+                        blacklisted[row.sender] = _blacklisted_now(box, session, row.sender)
+                    if blacklisted[row.sender]:
+                        continue
                 released += _release(box, session, [row], now)
     return released
 
