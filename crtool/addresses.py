@@ -145,7 +145,7 @@ def _unsrs(local: str) -> tuple[str, str] | None:
         if not found:
             return None
     parts = rest.split("=", 3)
-    if len(parts) != 4 or not all(parts) or not _valid_domain(parts[2]):
+    if len(parts) != 4 or not all(parts) or not _valid_domain(parts[2]) or "*" in parts[2]:
         return None
     return parts[3], parts[2]
 

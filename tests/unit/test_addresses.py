@@ -72,6 +72,7 @@ def test_every_pattern_form_matches_its_own_address(address: str) -> None:
     ("prvs=bob@remote.test", "prvs=bob@remote.test"),
     ("SRS0=HH=TT=bob@fwd.test", "srs0=hh=tt=bob@fwd.test"),
     ("SRS0=HH=TT=not a domain=bob@fwd.test", "srs0=hh=tt=not a domain=bob@fwd.test"),
+    ("SRS0=HH=TT=*.evil.test=bob@fwd.test", "srs0=hh=tt=*.evil.test=bob@fwd.test"),
     ("SRS1=HH=fwd1.test=HH=TT=orig.test=bob@fwd.test",
      "srs1=hh=fwd1.test=hh=tt=orig.test=bob@fwd.test"),
     ("*@evil.test", "*@evil.test"),
