@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("id", metavar="ID")
     release = verbs.add_parser("release", help="deliver held messages into the Maildir")
     release.add_argument("ids", nargs="+", metavar="ID")
-    release.add_argument("--whitelist", action="store_true", help="whitelist their senders")
+    release.add_argument("--whitelist", action="store_true",
+                         help="whitelist their senders and release all else held from them")
     delete = verbs.add_parser("delete", help="delete held messages")
     delete.add_argument("ids", nargs="+", metavar="ID")
     purge = verbs.add_parser("purge", help="remove messages older than a duration")

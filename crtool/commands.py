@@ -206,10 +206,11 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.verb == "check":
         with transaction(engine, write=False) as session:
-            found = [key for name, key in lists.matches(session, owner, args.address)
+            keys = addresses.lookup_keys(args.address, settings.subaddress_separators)
+            found = [key for name, key in lists.matches(session, owner, keys)
                      if name == list_name]
         if found:
-            best = max(found, key=addresses.specificity)
+            best = min(found, key=keys.index)
             print(f"listed: {args.address} (matches {_shown(best)})")
             return EXIT_OK
         print(f"not listed: {args.address}")
@@ -236,9 +237,7 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _shown(key: str) -> str:
-    if key.startswith("*."):
-        return "*@" + key
-    return key
+    return addresses.Pattern(addresses.kind_of(key), key).text
 
 
 def _stream_json_array(items: Iterator[dict[str, Any]]) -> None:

@@ -83,6 +83,7 @@ class Settings:
     authserv_id: str = ""
     # Bytes; a longer stream is a broken environment, not a message (envelope.RawMessage).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    subaddress_separators: str = "+"
 
     @property
     def keys_path(self) -> Path:
@@ -105,7 +106,8 @@ _CHOICES = {
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
+            "subaddress_separators"}
 
 
 def default_database_url(home: Path) -> str:
@@ -148,6 +150,11 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     delimiter = values.get("delimiter", "-")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    separators = values.get("subaddress_separators", "+")
+    if any(c.isalnum() or c.isspace() or c in '@."\\<>=' or not c.isprintable()
+           for c in separators):
+        raise ValueError("setting 'subaddress_separators' must be punctuation characters "
+                         "such as '+' (not '@', '.', '=' or quotes)")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
     if values.get("mta", "qmail") != "qmail":
@@ -243,4 +250,6 @@ authserv_id = {q(settings.authserv_id)}
 # Bytes. A longer message on stdin is taken for a broken environment (such as /dev/zero) and
 # the MTA is asked to retry; raise it if you receive larger mail.
 max_message_size = {settings.max_message_size}
+# Characters that start a sub-address (bob+news@example.com is bob@example.com); "" for none.
+subaddress_separators = {q(settings.subaddress_separators)}
 """

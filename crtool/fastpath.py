@@ -74,11 +74,11 @@ def _uri(path: Path) -> str:
     return f"file:{text}?mode=ro"
 
 
-def lookup(path: Path, owner: str, sender: str,
+def lookup(path: Path, owner: str, keys: list[str],
            timeout: float = 30.0) -> list[tuple[str, str]] | None:
-    """Every (list, key) matching `sender`, read-only; None when the database cannot be read
-    (missing, locked past `timeout`, not crtool's schema), so that the full path decides."""
-    keys = addresses.lookup_keys(sender)
+    """Every (list, key) among a sender's look-up keys, read-only; None when the database
+    cannot be read (missing, locked past `timeout`, not crtool's schema), so that the full
+    path decides."""
     if not keys:
         return []
     try:
@@ -116,12 +116,12 @@ def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str 
     path = sqlite_file(settings.database_url)
     if path is None:
         return None
-    rows = lookup(path, settings.owner, envelope.sender,
-                  float(settings.database_timeout))
+    keys = addresses.lookup_keys(envelope.sender, settings.subaddress_separators)
+    rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
     if rows is None:
         return None
     verdict = policy.classify(incoming(settings, envelope, parse_head(raw.head)),
-                              policy.decide_listing(rows))
+                              policy.decide_listing(rows, keys))
     if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
         return None
     return verdict.listing.key

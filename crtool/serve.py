@@ -140,11 +140,12 @@ class Warm:
         settings = self.settings(self.home)
         box = self.mailbox(settings)
         box.keys()
+        from crtool.addresses import lookup_keys
         from crtool.store.engine import transaction
         from crtool.store.lists import matches
 
         with transaction(box.engine, write=False) as session:
-            matches(session, settings.owner, settings.address)
+            matches(session, settings.owner, lookup_keys(settings.address))
         challenge.environment(settings)
 
     def close(self) -> None:

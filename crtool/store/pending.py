@@ -6,7 +6,7 @@ from collections.abc import Callable, Generator, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from crtool.store.models import Owner, Pending, PendingChunk
@@ -121,13 +121,21 @@ def head(session: Session, pending_id: str, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def held_from(session: Session, owner: str, sender_key: str) -> list[Pending]:
-    """Every message still held from this sender, oldest first."""
+def held_batch(session: Session, owner: str, sender_key: str, limit: int,
+               after: tuple[int, str] | None = None, exclude: str | None = None) -> list[Pending]:
+    """Up to `limit` messages still held from this sender, oldest first, after the
+    (received_at, id) of the previous batch; `exclude` names one to leave out."""
+    statement = select(Pending).where(
+        Pending.owner == owner, Pending.sender_key == sender_key, Pending.status == HELD)
+    if after is not None:
+        received_at, pending_id = after
+        statement = statement.where(or_(
+            Pending.received_at > received_at,
+            and_(Pending.received_at == received_at, Pending.id > pending_id)))
+    if exclude is not None:
+        statement = statement.where(Pending.id != exclude)
     return list(session.scalars(
-        select(Pending)
-        .where(Pending.owner == owner, Pending.sender_key == sender_key, Pending.status == HELD)
-        .order_by(Pending.received_at, Pending.id)
-    ))
+        statement.order_by(Pending.received_at, Pending.id).limit(limit)))
 
 
 def finish(session: Session, row: Pending, status: str, now: int) -> None:
