@@ -77,6 +77,8 @@ class Settings:
     sendmail_timeout: int = 60
     database_timeout: int = 30
     authserv_id: str = ""
+    name: str = ""  # the owner's name, shown in the challenge's From (else the address)
+    challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
 
     @property
     def keys_path(self) -> Path:
@@ -93,13 +95,15 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
-_INTEGERS = {"challenge_limit", "challenge_global_limit"}
+_INTEGERS = {"challenge_limit", "challenge_global_limit", "challenge_excerpt_lines"}
+# A challenge quotes a short excerpt at most, never the message.
+MAX_EXCERPT_LINES = 20
 _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id", "name"}
 
 
 def default_database_url(home: Path) -> str:
@@ -140,6 +144,8 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     delimiter = values.get("delimiter", "-")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    if values.get("challenge_excerpt_lines", 0) > MAX_EXCERPT_LINES:
+        raise ValueError(f"setting 'challenge_excerpt_lines' must be at most {MAX_EXCERPT_LINES}")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
     if values.get("mta", "qmail") != "qmail":
@@ -211,4 +217,9 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# Your name in the challenge's From ("Alice (confirmation)"); empty shows the address.
+name = {q(settings.name)}
+# Lines of a held message's body quoted in its challenge (0 to 20); the challenge may go to a
+# forged address, so the default quotes none.
+challenge_excerpt_lines = {settings.challenge_excerpt_lines}
 """

@@ -12,7 +12,8 @@ from sqlalchemy.dialects import sqlite
 
 from crtool import addresses, fastpath, policy
 from crtool.config import Settings
-from crtool.envelope import Envelope, RawMessage
+from crtool.envelope import Envelope
+from crtool.message import parse_head
 from crtool.store import lists, schema
 from crtool.store.engine import enable_wal, make_engine, sqlite_path, transaction
 
@@ -67,8 +68,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _key(settings: Settings, sender: str, recipient: str = OWNER) -> str | None:
-    raw = RawMessage.from_bytes(b"From: x@example.org\nSubject: hi\n\nbody\n")
-    return fastpath.whitelisted(settings, Envelope(sender, recipient), raw)
+    facts = parse_head(b"From: x@example.org\nSubject: hi\n\nbody\n")
+    return fastpath.whitelisted(settings, Envelope(sender, recipient), facts)
 
 
 def test_lookup_returns_what_the_full_path_returns(settings: Settings) -> None:
