@@ -30,9 +30,6 @@ from crtool.store.engine import transaction
 from crtool.store.models import Pending
 
 KeyLoader = Callable[[], Sequence[bytes]]
-# How many times one recorded challenge is handed to sendmail, over the MTA's retries.
-CHALLENGE_TRIES = 3
-CHALLENGE_FAILED = "challenge_failed"
 
 
 @dataclass(frozen=True)
@@ -136,8 +133,8 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
         if existing is not None:
             # A retry of a delivery already held (a crash or a tempfail came between).
             outgoing = _unsent_challenge(box, session, existing, data, facts)
-            failed = f"; challenge not sent after {CHALLENGE_TRIES} tries" \
-                if existing.reason == CHALLENGE_FAILED else ""
+            failed = f"; challenge not sent after {policy.CHALLENGE_TRIES} tries" \
+                if existing.reason == policy.CHALLENGE_FAILED else ""
             result = Result(Outcome.HELD, f"already held as {existing.id}{failed}", existing.id,
                             existing.reason)
         else:
@@ -224,13 +221,13 @@ def _unsent_challenge(box: Mailbox, session: Session, row: Pending, data: bytes,
     if record is None:
         return None
     now = box.now()
-    if log.send_tries(session, record) >= CHALLENGE_TRIES:
+    if log.send_tries(session, record) >= policy.CHALLENGE_TRIES:
         # sendmail kept failing, or sent and then failed: stop, or one person gets a copy on
         # every retry of the MTA's. The message stays held; the owner sees why.
         log.give_up(session, record)
-        row.reason = CHALLENGE_FAILED
-        log.record_event(session, box.owner, now, CHALLENGE_FAILED, CHALLENGE_FAILED,
-                         row.sender, row.id)
+        row.reason = policy.CHALLENGE_FAILED
+        log.record_event(session, box.owner, now, policy.CHALLENGE_FAILED,
+                         policy.CHALLENGE_FAILED, row.sender, row.id)
         return None
     log.record_event(session, box.owner, now, log.RETRIED, "", row.sender, row.id)
     return _render(box, record.id, row, data, facts, box.keys())

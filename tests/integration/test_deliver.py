@@ -261,3 +261,39 @@ def test_a_delivery_line_crtool_cannot_read_is_retried_not_bounced(mailbox: Mail
     # The = form carries such a value safely.
     result = mailbox.deliver(message(), STRANGER, args=("--recipient=-x@example.test",))
     assert result.returncode == 99
+
+
+def test_a_sendmail_that_keeps_failing_mails_one_person_at_most_three_times(
+        mailbox: Mailbox) -> None:
+    """This sendmail hands each message on (the outbox gets it) and then exits 1, as a real
+    one can. Each failure is a retry for the MTA; the fourth delivery runs no sendmail, and
+    the message stays held with reason challenge_failed, the delivery done."""
+    original = message(STRANGER, subject="retried")
+    failing = {"CRTOOL_TEST_SENDMAIL_EXIT": "1"}
+    codes = [mailbox.deliver(original, STRANGER, extra_env=failing).returncode
+             for _ in range(6)]
+    assert codes == [111, 111, 111, 99, 99, 99]
+    assert [args[-1] for args, _ in mailbox.outbox.drain(3)] == [STRANGER] * 3
+    [held] = json.loads(mailbox.ok("pending", "list", "--json"))
+    assert (held["status"], held["reason"]) == ("held", "challenge_failed")
+    last = mailbox.deliver(original, STRANGER, extra_env=failing)
+    assert b"challenge not sent after 3 tries" in last.stderr
+    counts = json.loads(mailbox.ok("stats", "--json"))["counts"]
+    assert (counts["held"], counts["challenged"], counts["challenge_failed"]) == (1, 1, 1)
+    # A new message from him is held as usual, within the rate limit: not challenged again.
+    assert mailbox.deliver(message(STRANGER, subject="another"), STRANGER,
+                           extra_env=failing).returncode == 99
+    mailbox.outbox.drain(0)
+
+
+def test_a_sendmail_that_fails_twice_then_works_sends_on_the_third_try(
+        mailbox: Mailbox) -> None:
+    original = message(STRANGER, subject="third time")
+    for _ in range(2):
+        result = mailbox.deliver(original, STRANGER, extra_env={"CRTOOL_TEST_SENDMAIL_EXIT": "75"})
+        assert result.returncode == 111
+    assert mailbox.deliver(original, STRANGER).returncode == 99
+    assert mailbox.deliver(original, STRANGER).returncode == 99
+    assert len(mailbox.outbox.drain(3)) == 3
+    [held] = json.loads(mailbox.ok("pending", "list", "--json"))
+    assert held["reason"] == "challenged"
