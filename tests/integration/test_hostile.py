@@ -173,3 +173,20 @@ def test_fifty_megabytes_whitelisted_pass_with_bounded_memory(mailbox: Mailbox,
     assert peak - baseline < 16 * 1024, (baseline, peak)
     delivered = sorted((mailbox.maildir / "new").iterdir(), key=lambda p: p.stat().st_size)
     assert delivered[-1].read_bytes().endswith(data)
+
+
+def test_terminal_escapes_in_an_envelope_sender_are_shown_escaped(mailbox: Mailbox) -> None:
+    """`pending list` shows what arrived, escaped: no ESC, C1 control, bidi override or line
+    separator of a stranger's reaches the owner's terminal."""
+    sender = "\x1b]0;owned\x07\x1b[2J\u009b31m\u202eevil\u2028x@remote.test"
+    subject = "=?utf-8?q?=1B[2J=C2=9B31m=E2=80=AEabc?="
+    result = mailbox.deliver(f"From: x@remote.test\nSubject: {subject}\n\nbody\n".encode(),
+                             sender)
+    assert result.returncode == 99, result.stderr
+    text = mailbox.run("pending", "list").stdout.decode()
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert all(line.isprintable() for line in text.splitlines()), text
+    listed = mailbox.run("pending", "list", "--json").stdout.decode()
+    assert all(line.isprintable() for line in listed.splitlines()), listed
+    [row] = json.loads(listed)
+    assert row["sender"] == sender
