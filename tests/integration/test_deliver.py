@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+from typing import Any
 
+import pytest
+
+from crtool import delivery
+from crtool import message as message_module
+from crtool.client import Request
+from crtool.exits import Outcome
+from crtool.message import Facts
 from tests.support import Mailbox, confirm_address_of, crtool_executable, message, qmail_env
 
 STRANGER = "bob@remote.test"
@@ -297,3 +306,29 @@ def test_a_sendmail_that_fails_twice_then_works_sends_on_the_third_try(
     assert len(mailbox.outbox.drain(3)) == 3
     [held] = json.loads(mailbox.ok("pending", "list", "--json"))
     assert held["reason"] == "challenged"
+
+
+def test_the_head_is_parsed_once_per_delivery(mailbox: Mailbox,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path's look at the head is passed on to the full path, not parsed again.
+    Counted where every parse ends, in the Facts it makes, however parse_head was imported."""
+    parsed: list[Facts] = []
+
+    class Counted(Facts):
+        def __init__(self, **fields: Any) -> None:
+            super().__init__(**fields)
+            parsed.append(self)
+
+    monkeypatch.setattr(message_module, "Facts", Counted)
+    monkeypatch.setenv("CRTOOL_TEST_OUTBOX", str(mailbox.outbox.path))
+    mailbox.ok("whitelist", "add", "friend@example.org")
+    mailbox.ok("blacklist", "add", "spam@remote.test")
+    for sender, outcome in ((STRANGER, Outcome.HELD), ("friend@example.org", Outcome.CONTINUE),
+                            ("spam@remote.test", Outcome.DROPPED)):
+        env = {k.encode(): v.encode()
+               for k, v in qmail_env(sender, mailbox.address, mailbox.user_home).items()}
+        answer = delivery.handle(mailbox.home, Request(environ=env), io.BytesIO(message(sender)),
+                                 delivery.OneShot(), fast=True)
+        assert (answer.outcome, len(parsed)) == (outcome.value, 1), answer
+        parsed.clear()
+    mailbox.outbox.drain(1)
