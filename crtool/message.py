@@ -20,7 +20,13 @@ TEXT_CAP = 200
 # bottom, under any number of the sender's. Their memory is bounded by the head's own size,
 # which the reader caps (envelope.HEAD_CAP), like everything else here.
 AUTH_RESULTS = "authentication-results"
-_FIELD_NAME = re.compile(rb"^[!-9;-~]+:")
+# One field: its name, then its value with every continuation line (one that starts with white
+# space and has something else on it; a line of white space only ends the block).
+_CONTINUED = rb"(?:\n[ \t][^\n]*?[^ \t\r\n][^\n]*)*"
+_FIELD = re.compile(rb"([!-9;-~]+):([^\n]*" + _CONTINUED + rb")(?:\n|\Z)")
+_BLOCK = re.compile(rb"(?:[!-9;-~]+:[^\n]*" + _CONTINUED + rb"(?:\n|\Z))*")
+_AUTH_RESULTS = re.compile(rb"^authentication-results:([^\n]*" + _CONTINUED + rb")",
+                           re.IGNORECASE | re.MULTILINE)
 # An RFC 2047 encoded word as RFC 2047 spells it: no white space, no "?" inside its parts.
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"[ \t\r\n]*")
@@ -193,53 +199,33 @@ class Facts:
 def parse_head(head: bytes) -> Facts:
     """Facts from the start of a message; never raises, whatever the bytes.
 
-    Linear in the size of `head`: each line is looked at once, and a header's pieces are
-    counted as they come (a head of 100,000 folded lines once cost seconds here). Fields past
-    MAX_HEADERS are dropped, except Authentication-Results (see AUTH_RESULTS).
+    Linear in the size of `head`, and the scanning is done by the regular expression engine: a
+    field with all its continuation lines is one match (a head of 100,000 folded lines once
+    cost seconds here, then tens of milliseconds in a loop over lines). Past MAX_HEADERS one
+    match finds where the block ends, and only Authentication-Results fields are kept (see
+    AUTH_RESULTS). Each value is unfolded from at most its first 2 × HEADER_CAP bytes and cut
+    at HEADER_CAP.
     """
     headers: dict[str, list[str]] = {}
-    name: str | None = None
-    value_parts: list[bytes] = []
-    kept = 0  # bytes in value_parts
-    size = 0
-    count = 0
 
-    def finish() -> None:
-        nonlocal count
-        if name is None or (count >= MAX_HEADERS and name != AUTH_RESULTS):
-            return
-        raw = b" ".join(p.strip() for p in value_parts)[:HEADER_CAP]
-        headers.setdefault(name, []).append(raw.decode("utf-8", "replace"))
-        count += 1
+    def keep(name: str, start: int, end: int) -> None:
+        raw = head[start:min(end, start + 2 * HEADER_CAP)]
+        value = b" ".join(line.strip() for line in raw.split(b"\n"))[:HEADER_CAP]
+        headers.setdefault(name, []).append(value.decode("utf-8", "replace"))
 
-    started = False
     position = 0
-    end = len(head)
-    while position < end:
-        newline = head.find(b"\n", position)
-        if newline < 0:
-            newline = end
-        line = head[position:newline]
-        position = newline + 1
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line.strip(b" \t"):
+    count = 0
+    while count < MAX_HEADERS:
+        match = _FIELD.match(head, position)
+        if match is None:
             break
-        if line[:1] in (b" ", b"\t") and name is not None:
-            if kept < HEADER_CAP:
-                value_parts.append(line)
-                kept += len(line)
-            size += len(line) + 1
-            continue
-        match = _FIELD_NAME.match(line)
-        if not match:
-            # Not a header line: the header block ends here (or there never was one).
-            break
-        finish()
-        started = True
-        name = match.group(0)[:-1].decode("ascii").lower()
-        value_parts = [line[match.end():]]
-        kept = len(value_parts[0])
-        size += len(line) + 1
-    finish()
-    return Facts(headers=headers, has_header_block=started, header_bytes=size)
+        keep(match.group(1).decode("ascii").lower(), match.start(2), match.end(2))
+        position = match.end()
+        count += 1
+    if count == MAX_HEADERS:
+        block = _BLOCK.match(head, position)
+        end = block.end() if block is not None else position
+        for match in _AUTH_RESULTS.finditer(head, position, end):
+            keep(AUTH_RESULTS, match.start(1), match.end(1))
+        position = end
+    return Facts(headers=headers, has_header_block=count > 0, header_bytes=position)
