@@ -190,3 +190,26 @@ def test_terminal_escapes_in_an_envelope_sender_are_shown_escaped(mailbox: Mailb
     assert all(line.isprintable() for line in listed.splitlines()), listed
     [row] = json.loads(listed)
     assert row["sender"] == sender
+
+
+@pytest.mark.parametrize(("head", "sender"), [
+    (b"Subject: =?utf-8?q?caf=E9_cr=C3=A8me?=\nMessage-ID: <m1@remote.test>\n", STRANGER),
+    (b"Subject: x\nMessage-ID: <m1@remote.test>\n", "=?utf-8?q?=0d=0aX-Inj:_yes?=@remote.test"),
+    (b"Subject: x\nMessage-ID: <=?utf-8?q?=0d=0aX-Inj:_yes?=@remote.test>\n", STRANGER),
+    (b"Subject: =?utf-8?b?eA0KQ29udGVudC1UeXBlOiB0ZXh0L2h0bWwNCg0KPGEgaHJlZj14Pg==?=\n",
+     STRANGER),
+])
+def test_encoded_words_are_held_and_answered_by_one_plain_challenge(
+        mailbox: Mailbox, head: bytes, sender: str) -> None:
+    """Each once made the challenge fail to build (a retry forever) or gave it a header of
+    the sender's making; now the message is held and one sound challenge goes to the envelope
+    sender, by the interpreter crtool runs on."""
+    data = b"From: x@remote.test\n" + head + b"\nbody\n"
+    result = mailbox.deliver(data, sender)
+    assert result.returncode == 99, result.stderr
+    [(args, challenge)] = mailbox.outbox.drain(1)
+    assert args[-2:] == ["--", sender]
+    assert challenge.get_content_type() == "text/plain" and not challenge.is_multipart()
+    assert challenge["X-Inj"] is None and challenge["Content-Type"].count("text/plain") == 1
+    for name, value in challenge.items():
+        assert str(value).isprintable() and "=?" not in str(value), (name, value)
