@@ -26,20 +26,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from crtool import challenge
-from crtool.config import Settings, settings_from_mapping
+from crtool.config import Settings
 from crtool.errors import TemporaryFailure
 from crtool.message import Facts, parse_head
 from crtool.resources import shipped_dir
+from tests.unit.test_challenge import CONFIRM, NOW, SETTINGS, TOKEN
+from tests.unit.test_challenge import HEADERS as FIXED
+from tests.unit.test_challenge import REPLY_HEADERS as THREADING
 
-SETTINGS = settings_from_mapping(Path("/nonexistent/crtool-home"),
-                                 {"address": "alice@example.test", "maildir": "/nonexistent"})
-NOW = 1_790_000_000
-TOKEN = "abcdefghijklmnopqrstuvwx"
-CONFIRM = f"alice-confirm-{TOKEN}@example.test"
-FIXED = {"from", "reply-to", "to", "subject", "date", "message-id", "auto-submitted",
-         "precedence", "x-auto-response-suppress", "x-crtool-challenge", "mime-version",
-         "content-type", "content-transfer-encoding"}
-THREADING = {"in-reply-to", "references"}
 PREFIX = "Please confirm your message: "
 # Written out here, not imported: a msg-id as RFC 5322 has it, strict form.
 ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
