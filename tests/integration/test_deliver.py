@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from crtool import delivery
+from crtool import delivery, service
 from crtool import message as message_module
 from crtool.client import Request
+from crtool.config import Settings
 from crtool.exits import Outcome
 from crtool.message import Facts
 from tests.support import Mailbox, confirm_address_of, crtool_executable, message, qmail_env
@@ -323,12 +324,24 @@ def test_the_head_is_parsed_once_per_delivery(mailbox: Mailbox,
     monkeypatch.setenv("CRTOOL_TEST_OUTBOX", str(mailbox.outbox.path))
     mailbox.ok("whitelist", "add", "friend@example.org")
     mailbox.ok("blacklist", "add", "spam@remote.test")
-    for sender, outcome in ((STRANGER, Outcome.HELD), ("friend@example.org", Outcome.CONTINUE),
-                            ("spam@remote.test", Outcome.DROPPED)):
-        env = {k.encode(): v.encode()
-               for k, v in qmail_env(sender, mailbox.address, mailbox.user_home).items()}
-        answer = delivery.handle(mailbox.home, Request(environ=env), io.BytesIO(message(sender)),
-                                 delivery.OneShot(), fast=True)
-        assert (answer.outcome, len(parsed)) == (outcome.value, 1), answer
-        parsed.clear()
+    boxes: list[service.Mailbox] = []
+
+    class Resources(delivery.OneShot):
+        def mailbox(self, settings: Settings) -> service.Mailbox:
+            boxes.append(super().mailbox(settings))
+            return boxes[-1]
+
+    try:
+        for sender, outcome in ((STRANGER, Outcome.HELD),
+                                ("friend@example.org", Outcome.CONTINUE),
+                                ("spam@remote.test", Outcome.DROPPED)):
+            env = {k.encode(): v.encode()
+                   for k, v in qmail_env(sender, mailbox.address, mailbox.user_home).items()}
+            answer = delivery.handle(mailbox.home, Request(environ=env),
+                                     io.BytesIO(message(sender)), Resources(), fast=True)
+            assert (answer.outcome, len(parsed)) == (outcome.value, 1), answer
+            parsed.clear()
+    finally:
+        for box in boxes:
+            box.engine.dispose()
     mailbox.outbox.drain(1)
