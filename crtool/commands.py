@@ -15,7 +15,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
-from crtool import addresses
+from crtool import addresses, terminal
 from crtool.config import (
     CONFIG_NAME,
     Settings,
@@ -65,8 +65,7 @@ def _iso(epoch: int | None) -> str | None:
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(terminal.json_text(value, indent=2) + "\n")
 
 
 # init -----------------------------------------------------------------------------------------
@@ -327,9 +326,9 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{'ID':8}  {'RECEIVED (UTC)':16}  {'STATUS':8}  {'WHY':19}  {'SENDER':30}  SUBJECT")
         for item in items:
             received = (item["received_at"] or "")[:16].replace("T", " ")
-            sender = item["sender"] or "<>"
+            sender = terminal.shown(item["sender"] or "<>", 30)
             print(f"{item['id']:8}  {received:16}  {item['status']:8}  {item['reason'][:19]:19}  "
-                  f"{sender[:30]:30}  {item['subject'][:60]}")
+                  f"{sender:30}  {terminal.shown(item['subject'], 60)}")
         shown = args.offset + len(items)
         if shown < page.total:
             print(f"({page.total - shown} more: --offset {shown})")

@@ -84,6 +84,8 @@ class Settings:
     # Bytes; a longer stream is a broken environment, not a message (envelope.RawMessage).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     subaddress_separators: str = "+"
+    name: str = ""  # the owner's name, shown in the challenge's From (else the address)
+    challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
 
     @property
     def keys_path(self) -> Path:
@@ -100,14 +102,17 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
-_INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size"}
+_INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
+             "challenge_excerpt_lines"}
+# A challenge quotes a short excerpt at most, never the message.
+MAX_EXCERPT_LINES = 20
 _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
 _STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
-            "subaddress_separators"}
+            "subaddress_separators", "name"}
 
 
 def default_database_url(home: Path) -> str:
@@ -155,6 +160,8 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
            for c in separators):
         raise ValueError("setting 'subaddress_separators' must be punctuation characters "
                          "such as '+' (not '@', '.', '=' or quotes)")
+    if values.get("challenge_excerpt_lines", 0) > MAX_EXCERPT_LINES:
+        raise ValueError(f"setting 'challenge_excerpt_lines' must be at most {MAX_EXCERPT_LINES}")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
     if values.get("mta", "qmail") != "qmail":
@@ -252,4 +259,9 @@ authserv_id = {q(settings.authserv_id)}
 max_message_size = {settings.max_message_size}
 # Characters that start a sub-address (bob+news@example.com is bob@example.com); "" for none.
 subaddress_separators = {q(settings.subaddress_separators)}
+# Your name in the challenge's From ("Alice (confirmation)"); empty shows the address.
+name = {q(settings.name)}
+# Lines of a held message's body quoted in its challenge (0 to 20); the challenge may go to a
+# forged address, so the default quotes none.
+challenge_excerpt_lines = {settings.challenge_excerpt_lines}
 """

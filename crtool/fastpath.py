@@ -32,7 +32,7 @@ from crtool import addresses, policy
 from crtool.config import Settings
 from crtool.envelope import Envelope, RawMessage
 from crtool.exits import Outcome
-from crtool.message import Facts, clean_text, parse_head
+from crtool.message import Facts, clean_text
 
 # str(lists.match_statement(owner, keys).compile(dialect=sqlite)), with the expanding IN
 # parameter as SQLAlchemy leaves it before the number of keys is known.
@@ -108,9 +108,10 @@ def incoming(settings: Settings, envelope: Envelope, facts: Facts) -> policy.Inc
     )
 
 
-def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str | None:
+def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | None:
     """The whitelist key that accepts this message, or None when the fast path cannot say so
-    (see the module docstring)."""
+    (see the module docstring). `facts` are the message's head, parsed once by the caller,
+    who passes them on to the full path when this says None."""
     if not envelope.sender:
         return None
     path = sqlite_file(settings.database_url)
@@ -120,7 +121,7 @@ def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str 
     rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
     if rows is None:
         return None
-    verdict = policy.classify(incoming(settings, envelope, parse_head(raw.head)),
+    verdict = policy.classify(incoming(settings, envelope, facts),
                               policy.decide_listing(rows, keys))
     if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
         return None

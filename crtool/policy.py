@@ -371,6 +371,17 @@ DROP_REASONS: dict[str, str] = {
 }
 
 
+# A challenge recorded for a held message is handed to sendmail at most this many times over
+# the MTA's retries; then the delivery is done and the message stays held with this reason, so a
+# sendmail that sends and then exits non-zero cannot mail one person on every retry.
+CHALLENGE_TRIES = 3
+CHALLENGE_FAILED = "challenge_failed"
+UNSENT_REASONS: dict[str, str] = {
+    CHALLENGE_FAILED: f"sendmail failed on each of {CHALLENGE_TRIES} tries (over the MTA's "
+                      "retries) to send the recorded challenge; it is not tried again",
+}
+
+
 def suppression_reason(message: Incoming) -> str | None:
     """The first rule that forbids a challenge to this message's sender, or None."""
     for rule in SUPPRESSION_RULES:

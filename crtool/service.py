@@ -70,10 +70,12 @@ class Mailbox:
 
 # Incoming mail ------------------------------------------------------------------------------
 
-def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
+def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
+            facts: Facts | None = None) -> Result:
     """Decide and carry out one incoming message. Raises TemporaryFailure (or lets a database
-    or disk error escape) only when the environment is broken."""
-    facts = parse_head(raw.head)
+    or disk error escape) only when the environment is broken. `facts` are raw.head's, when
+    the caller (the fast path) has parsed it already: the head is parsed once per delivery."""
+    facts = facts if facts is not None else parse_head(raw.head)
     incoming = fastpath.incoming(box.settings, envelope, facts)
     token = addresses.parse_confirm(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
@@ -160,7 +162,10 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
         if row is not held:
             # A retry of a delivery already held (a crash or a tempfail came between).
             outgoing = _unsent_challenge(box, session, row, raw.start, facts)
-            result = Result(Outcome.HELD, f"already held as {row.id}", row.id, row.reason)
+            failed = f"; challenge not sent after {policy.CHALLENGE_TRIES} tries" \
+                if row.reason == policy.CHALLENGE_FAILED else ""
+            result = Result(Outcome.HELD, f"already held as {row.id}{failed}", row.id,
+                            row.reason)
         else:
             if challenging and not keys:
                 keys = box.keys()
@@ -207,11 +212,8 @@ def _render(box: Mailbox, challenge_id: int, row: Pending, data: bytes, facts: F
             keys: Sequence[bytes]) -> _Outgoing:
     challenged_at = row.challenged_at if row.challenged_at is not None else box.now()
     token = tokens.issue(keys, "confirm", box.owner, row.id, row.sender, challenged_at)
-    context = challenge.context_for(box.settings, row.sender, facts, data, token,
-                                    challenged_at, row.id)
-    body = challenge.render(box.settings, context)
-    return _Outgoing(challenge_id, row.sender,
-                     challenge.build(box.settings, context, body, challenged_at))
+    return _Outgoing(challenge_id, row.sender, challenge.compose(
+        box.settings, row.sender, facts, data, token, challenged_at, row.id))
 
 
 def _unsent_challenge(box: Mailbox, session: Session, row: Pending, data: bytes,
@@ -221,6 +223,16 @@ def _unsent_challenge(box: Mailbox, session: Session, row: Pending, data: bytes,
     record = log.unsent_for(session, row.id)
     if record is None:
         return None
+    now = box.now()
+    if log.send_tries(session, record) >= policy.CHALLENGE_TRIES:
+        # sendmail kept failing, or sent and then failed: stop, or one person gets a copy on
+        # every retry of the MTA's. The message stays held; the owner sees why.
+        log.give_up(session, record)
+        row.reason = policy.CHALLENGE_FAILED
+        log.record_event(session, box.owner, now, policy.CHALLENGE_FAILED,
+                         policy.CHALLENGE_FAILED, row.sender, row.id)
+        return None
+    log.record_event(session, box.owner, now, log.RETRIED, "", row.sender, row.id)
     return _render(box, record.id, row, data, facts, box.keys())
 
 

@@ -174,3 +174,43 @@ def test_fifty_megabytes_whitelisted_pass_with_bounded_memory(mailbox: Mailbox,
     assert peak - baseline < 16 * 1024, (baseline, peak)
     delivered = sorted((mailbox.maildir / "new").iterdir(), key=lambda p: p.stat().st_size)
     assert delivered[-1].read_bytes().endswith(data)
+
+
+def test_terminal_escapes_in_an_envelope_sender_are_shown_escaped(mailbox: Mailbox) -> None:
+    """`pending list` shows what arrived, escaped: no ESC, C1 control, bidi override or line
+    separator of a stranger's reaches the owner's terminal."""
+    sender = "\x1b]0;owned\x07\x1b[2J\u009b31m\u202eevil\u2028x@remote.test"
+    subject = "=?utf-8?q?=1B[2J=C2=9B31m=E2=80=AEabc?="
+    result = mailbox.deliver(f"From: x@remote.test\nSubject: {subject}\n\nbody\n".encode(),
+                             sender)
+    assert result.returncode == 99, result.stderr
+    text = mailbox.run("pending", "list").stdout.decode()
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert all(line.isprintable() for line in text.splitlines()), text
+    listed = mailbox.run("pending", "list", "--json").stdout.decode()
+    assert all(line.isprintable() for line in listed.splitlines()), listed
+    [row] = json.loads(listed)
+    assert row["sender"] == sender
+
+
+@pytest.mark.parametrize(("head", "sender"), [
+    (b"Subject: =?utf-8?q?caf=E9_cr=C3=A8me?=\nMessage-ID: <m1@remote.test>\n", STRANGER),
+    (b"Subject: x\nMessage-ID: <m1@remote.test>\n", "=?utf-8?q?=0d=0aX-Inj:_yes?=@remote.test"),
+    (b"Subject: x\nMessage-ID: <=?utf-8?q?=0d=0aX-Inj:_yes?=@remote.test>\n", STRANGER),
+    (b"Subject: =?utf-8?b?eA0KQ29udGVudC1UeXBlOiB0ZXh0L2h0bWwNCg0KPGEgaHJlZj14Pg==?=\n",
+     STRANGER),
+])
+def test_encoded_words_are_held_and_answered_by_one_plain_challenge(
+        mailbox: Mailbox, head: bytes, sender: str) -> None:
+    """Each once made the challenge fail to build (a retry forever) or gave it a header of
+    the sender's making; now the message is held and one sound challenge goes to the envelope
+    sender, by the interpreter crtool runs on."""
+    data = b"From: x@remote.test\n" + head + b"\nbody\n"
+    result = mailbox.deliver(data, sender)
+    assert result.returncode == 99, result.stderr
+    [(args, challenge)] = mailbox.outbox.drain(1)
+    assert args[-2:] == ["--", sender]
+    assert challenge.get_content_type() == "text/plain" and not challenge.is_multipart()
+    assert challenge["X-Inj"] is None and challenge["Content-Type"].count("text/plain") == 1
+    for name, value in challenge.items():
+        assert str(value).isprintable() and "=?" not in str(value), (name, value)

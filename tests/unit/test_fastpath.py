@@ -13,7 +13,8 @@ from sqlalchemy.dialects import sqlite
 
 from crtool import addresses, fastpath, policy
 from crtool.config import Settings
-from crtool.envelope import Envelope, RawMessage
+from crtool.envelope import Envelope
+from crtool.message import parse_head
 from crtool.store import lists, schema
 from crtool.store.engine import enable_wal, make_engine, sqlite_path, transaction
 
@@ -68,8 +69,8 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _key(settings: Settings, sender: str, recipient: str = OWNER) -> str | None:
-    raw = RawMessage.from_bytes(b"From: x@example.org\nSubject: hi\n\nbody\n")
-    return fastpath.whitelisted(settings, Envelope(sender, recipient), raw)
+    facts = parse_head(b"From: x@example.org\nSubject: hi\n\nbody\n")
+    return fastpath.whitelisted(settings, Envelope(sender, recipient), facts)
 
 
 def test_lookup_returns_what_the_full_path_returns(settings: Settings) -> None:
@@ -106,11 +107,11 @@ def test_a_tagged_sender_is_looked_up_as_the_person(settings: Settings) -> None:
 
 def _forged_key(settings: Settings, results: str, authserv_id: str = "mx.example.test",
                 sender: str = "bob@example.org") -> str | None:
-    raw = RawMessage.from_bytes(
+    facts = parse_head(
         f"Authentication-Results: mx.example.test; {results}\n"
         f"From: {sender}\nSubject: hi\n\nbody\n".encode())
     settings = replace(settings, authserv_id=authserv_id)
-    return fastpath.whitelisted(settings, Envelope(sender, OWNER), raw)
+    return fastpath.whitelisted(settings, Envelope(sender, OWNER), facts)
 
 
 def test_a_whitelisted_address_the_mta_calls_forged_is_never_accepted_here(

@@ -268,3 +268,11 @@ def test_automated_replies_confirm_nothing(head: str, sender: str,
     assert policy.confirm_reply_refusal(facts, sender) == refusal
     if refusal is not None:
         assert refusal in policy.DROP_REASONS
+
+
+def test_authentication_results_below_500_padding_headers_still_count() -> None:
+    """The owner's MTA may append its result at the bottom: padding above it hides nothing."""
+    padding = "".join(f"X-Pad-{n}: {n}\n" for n in range(600))
+    fake = "".join(ar("spf=pass smtp.mailfrom=remote.test", "evil.test") for _ in range(50))
+    head = padding + fake + ar("spf=fail smtp.mailfrom=remote.test")
+    assert policy.suppression_reason(incoming(head)) == "spf_fail"
