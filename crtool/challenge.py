@@ -63,8 +63,9 @@ def excerpt(data: bytes, facts: Facts) -> tuple[str, ...]:
 
 
 def context_for(settings: Settings, sender: str, facts: Facts, data: bytes, token: str,
-                challenged_at: int, pending_id: str) -> ChallengeContext:
-    expires = challenged_at + settings.confirm_ttl
+                kept_until: int, pending_id: str) -> ChallengeContext:
+    """`kept_until`: when the held message expires and is deleted (the date the body states)."""
+    expires = kept_until
     return ChallengeContext(
         owner=settings.address,
         sender=sender,

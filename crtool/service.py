@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -30,6 +30,9 @@ from crtool.store.engine import transaction
 from crtool.store.models import Pending
 
 KeyLoader = Callable[[], Sequence[bytes]]
+# Expired messages a writing delivery deletes after its own commit: enough to keep up with any
+# inflow (each such delivery adds one), few enough to keep its transaction short.
+PURGE_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
     token = addresses.parse_confirm(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
     if token is not None:
-        return confirm(box, envelope, facts, token)
+        return _purged_after(box, confirm(box, envelope, facts, token))
 
     with transaction(box.engine) as session:
         verdict = policy.classify(incoming, _listing(session, box.owner, envelope.sender))
@@ -86,7 +89,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
         if verdict.action is policy.Action.BLACKLISTED:
             return _blacklisted(box, session, envelope, verdict)
 
-    return _hold(box, envelope, raw, facts, incoming)
+    return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
 
 
 def _listing(session: Session, owner: str, sender: str) -> policy.Listing | None:
@@ -206,7 +209,7 @@ def _render(box: Mailbox, challenge_id: int, row: Pending, data: bytes, facts: F
     challenged_at = row.challenged_at if row.challenged_at is not None else box.now()
     token = tokens.issue(keys, "confirm", box.owner, row.id, row.sender, challenged_at)
     context = challenge.context_for(box.settings, row.sender, facts, data, token,
-                                    challenged_at, row.id)
+                                    challenged_at + box.settings.hold_ttl, row.id)
     body = challenge.render(box.settings, context)
     return _Outgoing(challenge_id, row.sender,
                      challenge.build(box.settings, context, body, challenged_at))
@@ -230,6 +233,36 @@ def _send(box: Mailbox, outgoing: _Outgoing | None) -> None:
     box.outbox.send(outgoing.recipient, outgoing.message)
     with transaction(box.engine) as session:
         log.mark_sent(session, outgoing.challenge_id)
+
+
+# Expiry -------------------------------------------------------------------------------------
+
+def purge_expired(box: Mailbox, older_than: int | None = None, limit: int = PURGE_BATCH) -> int:
+    """Delete up to `limit` messages received `older_than` seconds ago (default hold_ttl) or
+    earlier, in a short transaction of its own; returns how many went.
+
+    It looks first without the write lock, so that the deliveries calling it queue for the
+    lock only when there is something to delete; the owner lock keeps it from deleting a
+    message a confirmation is releasing at that moment."""
+    before = box.now() - (box.settings.hold_ttl if older_than is None else older_than)
+    with transaction(box.engine, write=False) as session:
+        if not pending.expired_ids(session, box.owner, before, 1):
+            return 0
+    with transaction(box.engine) as session:
+        pending.lock_owner(session, box.owner, box.now())
+        return pending.purge_batch(session, box.owner, before, limit)
+
+
+def _purged_after(box: Mailbox, result: Result) -> Result:
+    """A delivery that wrote purges expired mail afterwards, so no cron job is needed. Its
+    own work is committed by now: a failure here never turns it into a retry; it is added to
+    the delivery's one line instead, and the next writing delivery tries again."""
+    try:
+        purge_expired(box)
+    except Exception as error:  # noqa: BLE001 - the delivery is done whatever went wrong here
+        cause = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
+        return replace(result, detail=f"{result.detail} (expired mail not purged: {cause})")
+    return result
 
 
 # Confirmation -------------------------------------------------------------------------------
