@@ -12,6 +12,9 @@ IMMEDIATE (or PostgreSQL's row lock) orders them exactly as it orders separate p
 The server never owns the message: until it has answered, the client can still deliver
 in-process, and a hold the server committed first is found again by its digest. So stopping or
 killing the server at any moment loses nothing.
+
+Expired held mail is purged at start and then hourly, in a thread of its own beside the
+deliveries; the clock that schedules it (and dates the deliveries) is passed in.
 """
 
 from __future__ import annotations
