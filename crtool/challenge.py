@@ -70,8 +70,9 @@ def excerpt(data: bytes, facts: Facts, lines: int) -> tuple[str, ...]:
 
 
 def context_for(settings: Settings, sender: str, facts: Facts, data: bytes, token: str,
-                challenged_at: int, pending_id: str) -> ChallengeContext:
-    expires = challenged_at + settings.confirm_ttl
+                kept_until: int, pending_id: str) -> ChallengeContext:
+    """`kept_until`: when the held message expires and is deleted (the date the body states)."""
+    expires = kept_until
     return ChallengeContext(
         owner=settings.address,
         sender=sender,
@@ -151,7 +152,9 @@ def compose(settings: Settings, sender: str, facts: Facts, data: bytes, token: s
     Only what fails even then (the owner's template, or an owner address that cannot be
     written) is a TemporaryFailure: a broken environment.
     """
-    context = context_for(settings, sender, facts, data, token, challenged_at, pending_id)
+    # The held message is kept hold_ttl after its last challenge (store.pending.expired_ids).
+    kept_until = challenged_at + settings.hold_ttl
+    context = context_for(settings, sender, facts, data, token, kept_until, pending_id)
     try:
         return build(settings, context, render(settings, context), challenged_at)
     except Exception:  # noqa: BLE001 - any failure: try once more with none of the stranger's text

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = verbs.add_parser("delete", help="delete held messages")
     delete.add_argument("ids", nargs="+", metavar="ID")
     purge = verbs.add_parser("purge", help="remove messages older than a duration")
-    purge.add_argument("--older-than", default=None, help="e.g. 14d (default confirm_ttl)")
+    purge.add_argument("--older-than", default=None, help="e.g. 14d (default hold_ttl)")
 
     db = sub.add_parser("db", help="the database schema")
     db_verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")

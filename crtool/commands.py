@@ -358,20 +358,15 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     # purge
     try:
-        age = parse_duration(args.older_than) if args.older_than else settings.confirm_ttl
+        age = parse_duration(args.older_than) if args.older_than else settings.hold_ttl
     except ValueError as error:
         raise UsageError(str(error)) from None
-    engine = _engine(settings)
-    before = _now() - age
+    box = _mailbox(settings)
     total = 0
-    while True:
-        # Small batches, each its own transaction, so deliveries never wait long for the lock.
-        with transaction(engine) as session:
-            removed = pending.purge_batch(session, owner, before, 500)
+    # Small batches, each its own transaction, so deliveries never wait long for the lock.
+    while removed := service.purge_expired(box, age, 500):
         total += removed
-        if removed == 0:
-            break
-    print(f"purged: {total} messages older than {args.older_than or 'confirm_ttl'}")
+    print(f"purged: {total} messages older than {args.older_than or 'hold_ttl'}")
     return EXIT_OK
 
 

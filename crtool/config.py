@@ -75,6 +75,8 @@ class Settings:
     delimiter: str = "-"
     blacklist_action: str = "drop"
     confirm_ttl: int = 14 * 86400
+    # How long a held message is kept; 0 means as long as its token is valid (confirm_ttl).
+    hold_ttl: int = 0
     challenge_limit: int = 1
     challenge_window: int = 86400
     challenge_global_limit: int = 30
@@ -86,6 +88,10 @@ class Settings:
     subaddress_separators: str = "+"
     name: str = ""  # the owner's name, shown in the challenge's From (else the address)
     challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
+
+    def __post_init__(self) -> None:
+        if self.hold_ttl <= 0:
+            object.__setattr__(self, "hold_ttl", self.confirm_ttl)
 
     @property
     def keys_path(self) -> Path:
@@ -101,7 +107,8 @@ class Settings:
         return self.address.lower()
 
 
-_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
+_DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
+              "database_timeout"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
              "challenge_excerpt_lines"}
 # A challenge quotes a short excerpt at most, never the message.
@@ -164,6 +171,10 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
         raise ValueError(f"setting 'challenge_excerpt_lines' must be at most {MAX_EXCERPT_LINES}")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
+    if "hold_ttl" in values and not 0 < values["hold_ttl"] <= values.get(
+            "confirm_ttl", Settings.confirm_ttl):
+        # Longer would keep messages whose tokens no longer confirm them.
+        raise ValueError("setting 'hold_ttl' must be more than 0s and at most confirm_ttl")
     if values.get("mta", "qmail") != "qmail":
         # A .forward has no "next line": under a sysexits MTA crtool delivers what it accepts.
         values["delivery"] = "maildir"
@@ -232,6 +243,9 @@ def render_config(settings: Settings) -> str:
 
     q = toml_string
 
+    # Written commented out while it equals confirm_ttl, so that it follows confirm_ttl.
+    hold = "# " if settings.hold_ttl == settings.confirm_ttl else ""
+
     return f"""\
 # crtool settings. Durations take s, m, h, d or w. See etc/config.toml for every option.
 address = {q(settings.address)}
@@ -246,6 +260,8 @@ delimiter = {q(settings.delimiter)}
 # "drop" (silently, the default) or "bounce" (exit code for a permanent failure)
 blacklist_action = {q(settings.blacklist_action)}
 confirm_ttl = "{format_duration(settings.confirm_ttl)}"
+# How long a held message is kept (at most confirm_ttl, its default).
+{hold}hold_ttl = "{format_duration(settings.hold_ttl)}"
 challenge_limit = {settings.challenge_limit}
 challenge_window = "{format_duration(settings.challenge_window)}"
 challenge_global_limit = {settings.challenge_global_limit}

@@ -12,6 +12,9 @@ IMMEDIATE (or PostgreSQL's row lock) orders them exactly as it orders separate p
 The server never owns the message: until it has answered, the client can still deliver
 in-process, and a hold the server committed first is found again by its digest. So stopping or
 killing the server at any moment loses nothing.
+
+Expired held mail is purged at start and then hourly, in a thread of its own beside the
+deliveries; the clock that schedules it (and dates the deliveries) is passed in.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import socket
 import stat
 import sys
 import threading
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +47,8 @@ BACKLOG = 64
 # taken within client.ACK_TIMEOUT delivers in-process instead.
 MAX_WORKERS = 32
 REQUEST_TIMEOUT = 10.0
+# Expired held mail is purged at start and then this often, beside the deliveries.
+PURGE_EVERY = 3600.0
 
 
 class PositionalReader(io.RawIOBase):
@@ -72,8 +79,9 @@ class Warm:
     """Resources kept between deliveries: settings (re-read when config.toml changes), one
     engine per database URL, and the key ring (re-read when the keys file changes)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, clock: Callable[[], float] = time.time) -> None:
         self.home = home
+        self.clock = clock
         self._lock = threading.Lock()
         self._settings: tuple[tuple[int, int], Settings] | None = None
         self._engines: dict[tuple[str, int], Engine] = {}
@@ -130,6 +138,7 @@ class Warm:
             engine=self.engine(settings),
             outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
             keys=lambda: self.keys(path),
+            clock=self.clock,
         )
 
     def warm_up(self) -> None:
@@ -170,10 +179,13 @@ def _log(line: str) -> None:
 class Server:
     """The listening socket and its worker threads."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, clock: Callable[[], float] = time.time) -> None:
         self.home = home
         self.path = home / client.SOCKET_NAME
-        self.warm = Warm(home)
+        self.clock = clock
+        self.warm = Warm(home, clock)
+        self.next_purge = clock()
+        self.purger: threading.Thread | None = None
         self.slots = threading.BoundedSemaphore(MAX_WORKERS)
         self.workers: set[threading.Thread] = set()
         self.workers_lock = threading.Lock()
@@ -215,9 +227,14 @@ class Server:
         if self.listener is None:
             raise RuntimeError("serve_forever before bind")
         while True:
-            readable, _, _ = select.select([self.listener, wakeup], [], [])
+            timeout = max(0.0, self.next_purge - self.clock())
+            readable, _, _ = select.select([self.listener, wakeup], [], [], timeout)
             if wakeup in readable:
                 return
+            # Checked on every wake-up, before the connection that caused it is served.
+            self.purge_if_due()
+            if self.listener not in readable:
+                continue
             connection, _ = self.listener.accept()
             self.slots.acquire()
             worker = threading.Thread(target=self._run, args=(connection,), daemon=False)
@@ -231,6 +248,35 @@ class Server:
             workers = list(self.workers)
         for worker in workers:
             worker.join()
+        if self.purger is not None:
+            self.purger.join()
+
+    def purge_if_due(self) -> None:
+        """Start the hourly purge of expired held mail in a thread of its own, so that the
+        accept loop, and the deliveries, never wait for it."""
+        now = self.clock()
+        if now < self.next_purge or (self.purger is not None and self.purger.is_alive()):
+            return
+        self.next_purge = now + PURGE_EVERY
+        self.purger = threading.Thread(target=self._purge, daemon=False)
+        self.purger.start()
+
+    def _purge(self) -> None:
+        from crtool import service
+
+        total = 0
+        try:
+            box = self.warm.mailbox(self.warm.settings(self.home))
+            # Batches, each a short transaction, until one comes back less than full.
+            while (removed := service.purge_expired(box)) > 0:
+                total += removed
+                if removed < service.PURGE_BATCH:
+                    break
+        except Exception as error:  # noqa: BLE001 - logged; the next hour tries again
+            _log(f"purging expired mail failed after {total}: {delivery.describe(error)}")
+            return
+        if total:
+            _log(f"purged {total} expired held messages")
 
     def _run(self, connection: socket.socket) -> None:
         try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -31,6 +31,9 @@ from crtool.store.engine import transaction
 from crtool.store.models import Pending
 
 KeyLoader = Callable[[], Sequence[bytes]]
+# Expired messages a writing delivery deletes after its own commit: enough to keep up with any
+# inflow (each such delivery adds one), few enough to keep its transaction short.
+PURGE_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     token = addresses.parse_confirm(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
     if token is not None:
-        return confirm(box, envelope, facts, token)
+        return _purged_after(box, confirm(box, envelope, facts, token))
 
     with transaction(box.engine) as session:
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
@@ -89,7 +92,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
         if verdict.action is policy.Action.BLACKLISTED:
             return _blacklisted(box, session, envelope, verdict)
 
-    return _hold(box, envelope, raw, facts, incoming)
+    return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
 
 
 def _listing(box: Mailbox, session: Session, sender: str) -> policy.Listing | None:
@@ -244,6 +247,36 @@ def _send(box: Mailbox, outgoing: _Outgoing | None) -> None:
     box.outbox.send(outgoing.recipient, outgoing.message)
     with transaction(box.engine) as session:
         log.mark_sent(session, outgoing.challenge_id)
+
+
+# Expiry -------------------------------------------------------------------------------------
+
+def purge_expired(box: Mailbox, older_than: int | None = None, limit: int = PURGE_BATCH) -> int:
+    """Delete up to `limit` messages received `older_than` seconds ago (default hold_ttl) or
+    earlier, in a short transaction of its own; returns how many went.
+
+    It looks first without the write lock, so that the deliveries calling it queue for the
+    lock only when there is something to delete; the owner lock keeps it from deleting a
+    message a confirmation is releasing at that moment."""
+    before = box.now() - (box.settings.hold_ttl if older_than is None else older_than)
+    with transaction(box.engine, write=False) as session:
+        if not pending.expired_ids(session, box.owner, before, 1):
+            return 0
+    with transaction(box.engine) as session:
+        pending.lock_owner(session, box.owner, box.now())
+        return pending.purge_batch(session, box.owner, before, limit)
+
+
+def _purged_after(box: Mailbox, result: Result) -> Result:
+    """A delivery that wrote purges expired mail afterwards, so no cron job is needed. Its
+    own work is committed by now: a failure here never turns it into a retry; it is added to
+    the delivery's one line instead, and the next writing delivery tries again."""
+    try:
+        purge_expired(box)
+    except Exception as error:  # noqa: BLE001 - the delivery is done whatever went wrong here
+        cause = " ".join(str(getattr(error, "orig", None) or error).split())[:200]
+        return replace(result, detail=f"{result.detail} (expired mail not purged: {cause})")
+    return result
 
 
 # Confirmation -------------------------------------------------------------------------------

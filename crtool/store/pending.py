@@ -167,12 +167,25 @@ def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
     return Page(rows, total)
 
 
-def purge_batch(session: Session, owner: str, before: int, limit: int) -> int:
-    """Delete up to `limit` messages received before `before` (any status); how many went."""
-    ids = list(session.scalars(
-        select(Pending.id).where(Pending.owner == owner, Pending.received_at < before)
+def expired_ids(session: Session, owner: str, before: int, limit: int) -> list[str]:
+    """Up to `limit` messages (any status) received and last challenged at or before
+    `before`, oldest first.
+
+    A fresh challenge (for a token that expired while its message was still held) keeps the
+    message as long as a first one would. At or before: timestamps are whole seconds, so
+    "older than 0s" takes what arrived in the current second too."""
+    return list(session.scalars(
+        select(Pending.id)
+        .where(Pending.owner == owner, Pending.received_at <= before,
+               or_(Pending.challenged_at.is_(None), Pending.challenged_at <= before))
         .order_by(Pending.received_at).limit(limit)
     ))
+
+
+def purge_batch(session: Session, owner: str, before: int, limit: int) -> int:
+    """Delete up to `limit` of the messages `expired_ids` finds, row and bytes; how many
+    went."""
+    ids = expired_ids(session, owner, before, limit)
     if not ids:
         return 0
     session.execute(delete(PendingChunk).where(PendingChunk.pending_id.in_(ids)))

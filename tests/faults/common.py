@@ -133,9 +133,11 @@ def write_figures(tmp_path: Path, name: str, figures: dict[str, object]) -> None
     (target / f"figures-{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True))
 
 
-def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> None:
-    """`count` held messages received `age` seconds ago, written straight into the database
-    through crtool's own table definitions: the purge tests need a queue that took weeks."""
+def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000,
+                     now: int | None = None, prefix: str = "o") -> list[str]:
+    """`count` held messages received `age` seconds before `now` (default: the real time),
+    written straight into the database through crtool's own table definitions: the purge
+    tests need a queue that took weeks. Returns their ids, which start with `prefix`."""
     import time
 
     from sqlalchemy import insert
@@ -144,10 +146,12 @@ def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> N
     from crtool.store.models import Pending, PendingChunk
 
     engine = make_engine(box.database_url)
-    received = int(time.time()) - age
+    received = (int(time.time()) if now is None else now) - age
+    seeded: list[str] = []
     try:
         for start in range(0, count, batch):
-            ids = [f"o{n:07d}" for n in range(start, min(start + batch, count))]
+            ids = [f"{prefix}{n:07d}" for n in range(start, min(start + batch, count))]
+            seeded += ids
             with transaction(engine) as session:
                 session.execute(insert(Pending), [dict(
                     id=i, owner=box.address, sender="old@remote.test",
@@ -160,6 +164,7 @@ def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> N
                     for i in ids])
     finally:
         engine.dispose()
+    return seeded
 
 
 def lock_figures(path: Path) -> list[dict[str, object]]:

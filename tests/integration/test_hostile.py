@@ -74,29 +74,36 @@ def test_unknown_sender_with_valid_address_still_gets_one_challenge(mailbox: Mai
     assert len(mailbox.outbox.drain(1)) == 1
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("SENDER", "bob@remote.test\nBcc: victim@example.com"),
-    ("SENDER", "$(touch /tmp/crtool-pwned)@remote.test"),
-    ("SENDER", "`touch /tmp/crtool-pwned`;rm -rf /;@remote.test"),
-    ("SENDER", "-oQ/tmp/x@remote.test"),
-    ("SENDER", "x" * 10_240 + "@remote.test"),
-    ("SENDER", "a@" + "b" * 10_240),
-    ("RECIPIENT", "alice@example.test\nX-Injected: 1"),
-    ("RECIPIENT", "alice-confirm-" + "a" * 10_240 + "@example.test"),
-    ("RECIPIENT", "alice-confirm-$(id)@example.test"),
-    ("EXT", "confirm-|sh"),
-    ("DTLINE", "Delivered-To: " + "z" * 10_240 + "\n"),
-    ("HOST", "example.test; rm -rf /"),
+# The third column is how many challenges the delivery must send, from the rules themselves:
+# one to a sender that is a plain valid address (a leading "-" is valid: sendmail gets it
+# after "--"), none to an invalid one, none for mail to a confirm address (a bad token sends
+# nothing), and what the MTA says about the recipient or the host changes nothing else.
+@pytest.mark.parametrize(("variable", "value", "challenges"), [
+    ("SENDER", "bob@remote.test\nBcc: victim@example.com", 0),
+    ("SENDER", "$(touch /tmp/crtool-pwned)@remote.test", 0),
+    ("SENDER", "`touch /tmp/crtool-pwned`;rm -rf /;@remote.test", 0),
+    ("SENDER", "-oQ/tmp/x@remote.test", 1),
+    ("SENDER", "x" * 10_240 + "@remote.test", 0),
+    ("SENDER", "a@" + "b" * 10_240, 0),
+    ("RECIPIENT", "alice@example.test\nX-Injected: 1", 1),
+    ("RECIPIENT", "alice-confirm-" + "a" * 10_240 + "@example.test", 0),
+    ("RECIPIENT", "alice-confirm-$(id)@example.test", 0),
+    ("EXT", "confirm-|sh", 1),
+    ("DTLINE", "Delivered-To: " + "z" * 10_240 + "\n", 1),
+    ("HOST", "example.test; rm -rf /", 1),
 ])
 def test_hostile_environment_value_is_held_or_dropped_never_a_tempfail(
-        mailbox: Mailbox, variable: str, value: str) -> None:
+        mailbox: Mailbox, variable: str, value: str, challenges: int) -> None:
     result = mailbox.deliver(b"From: x@remote.test\nSubject: env\n\nbody\n", STRANGER,
                              extra_env={variable: value})
     assert result.returncode == 99, result.stderr
     assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
     assert not Path("/tmp/crtool-pwned").exists()
-    for _args, challenge in mailbox.outbox.drain(len(list(mailbox.outbox._new()))):
-        # Whatever went out has one recipient and no header taken from the environment.
+    sender = value if variable == "SENDER" else STRANGER
+    for args, challenge in mailbox.outbox.drain(challenges):
+        # Exactly one recipient, the envelope sender, after "--"; no header taken from the
+        # environment.
+        assert args[-2:] == ["--", sender], args
         assert "victim@example.com" not in challenge.as_string()
         assert challenge["X-Injected"] is None
 
