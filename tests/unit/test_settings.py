@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -14,8 +15,12 @@ SAMPLE = Path(__file__).resolve().parents[2] / "etc" / "config.toml"
 
 
 def test_the_sample_config_shows_every_setting_and_is_valid() -> None:
-    data = tomllib.loads(SAMPLE.read_text(encoding="utf-8"))
-    assert set(data) == {f.name for f in fields(Settings)} - {"home"}
+    text = SAMPLE.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    # A setting that follows another by default (hold_ttl follows confirm_ttl) is shown
+    # commented out, so that a copy of the sample keeps following it.
+    shown = set(data) | set(re.findall(r"^# ([a-z_]+) = ", text, flags=re.M))
+    assert shown == {f.name for f in fields(Settings)} - {"home"}
     assert settings_from_mapping(Path("/h"), data).subaddress_separators == "+"
 
 
