@@ -48,6 +48,7 @@ from crtool.client import Request
 from crtool.config import Settings
 from crtool.exits import Outcome
 from crtool.onward import split_target
+from crtool.owners import HUB_MTA as HUB_PROFILE
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -142,6 +143,13 @@ class Hub:
     def deliver(self, settings: Settings, sender: str, recipient: str, data: bytes) -> Delivered:
         """One recipient's delivery through `delivery.handle`; never raises."""
         started = time.monotonic()
+        if len(data) > settings.max_message_size:
+            # deliver would call a stream this long a broken environment and retry it for
+            # ever; over LMTP the size is known, so this mailbox refuses it for good.
+            reply = f"552 5.3.4 message larger than {settings.max_message_size} bytes"
+            self.log(owner=settings.owner, sender=sender, recipient=recipient, size=len(data),
+                     outcome="refused", detail="too large", reply="552", attempts=0, ms=0.0)
+            return Delivered(delivery.Answer(HUB_PROFILE, Outcome.BOUNCED.value, reply), reply)
         request = Request(mta=owners.HUB_MTA, sender=sender, recipient=recipient)
         resources = _OwnerResources(self, settings)
         for attempt in range(RETRIES + 1):

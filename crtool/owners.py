@@ -128,8 +128,7 @@ def _system_from_mapping(path: Path, data: dict[str, Any]) -> System:
     host_names = ("database_url", "sendmail", "database_timeout", "delimiter")
     host: dict[str, Any] = {name: data.pop(name) for name in host_names if name in data}
     # Checked once here, as an owner would get them, so that a typo fails at start-up.
-    probe = settings_from_mapping(path.parent, {**data, **host, "address": _HOST_ADDRESS,
-                                                "mta": HUB_MTA})
+    probe = settings_from_mapping(path.parent, {**data, **host, "address": _HOST_ADDRESS})
     return System(path=path, database_url=probe.database_url,
                   sendmail=str(host.get("sendmail") or default_sendmail()), keys=keys,
                   database_timeout=probe.database_timeout, delimiter=probe.delimiter,
@@ -141,11 +140,12 @@ def _settings(system: System, address: str, overrides: dict[str, Any],
     data: dict[str, Any] = {**dict(system.defaults), **overrides}
     data.update(address=address, database_url=system.database_url, sendmail=system.sendmail,
                 database_timeout=system.database_timeout, delimiter=system.delimiter,
-                mta=HUB_MTA, lmtp_next=lmtp_next or "")
+                lmtp_next=lmtp_next or "")
     if maildir:
         data["maildir"] = maildir
     settings = settings_from_mapping(system.home, data)
-    return replace(settings, keys_file=system.keys)
+    # The hub's profile is not one an owner's config.toml or `deliver --mta` may name.
+    return replace(settings, mta=HUB_MTA, delivery="maildir", keys_file=system.keys)
 
 
 def host_settings(system: System) -> Settings:

@@ -454,3 +454,17 @@ def test_a_server_killed_after_writing_a_release_delivers_it_once(hub: Hub) -> N
     [delivered] = maildir(hub, ALICE)
     assert delivered.endswith(b"once\n")
     assert [row["status"] for row in hub.held(ALICE)] == ["released"]
+
+
+def test_a_message_too_large_for_one_owner_is_552_for_that_owner_only(hub: Hub,
+                                                                      server: Server) -> None:
+    # carol's own max_message_size is smaller than the server's: her copy is refused for
+    # good (552), alice's is delivered; over LMTP the size is known, no retry is needed.
+    hub.add_owner(CAROL, hub.root.parent / "mail" / "carol", "", "max_message_size=2000")
+    time.sleep(5.5)  # the server re-reads an owner it has cached after 5 s
+    with client(hub.socket_path) as lmtp:
+        _, replies = transaction(lmtp, FRIEND, [ALICE, CAROL],
+                                 message(sender=FRIEND, body=("x" * 60 + "\n") * 50))
+    assert [code for code, _ in replies] == [250, 552]
+    assert replies[1][1].startswith(b"5.3.4 ")
+    assert len(maildir(hub, ALICE)) == 1 and maildir(hub, CAROL) == []
