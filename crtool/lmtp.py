@@ -73,7 +73,7 @@ class Delivered:
 
 
 def reply_for(answer: delivery.Answer) -> str:
-    """The LMTP reply for one recipient's Answer (DESIGN §12: 250, 450, 550)."""
+    """The LMTP reply for one recipient's Answer: 250 delivered or held, 450 retry, 550 refused."""
     detail = _printable(answer.detail)
     outcome = Outcome(answer.outcome)
     if outcome is Outcome.TEMPFAIL:
