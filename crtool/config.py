@@ -77,6 +77,9 @@ class Settings:
     sendmail_timeout: int = 60
     database_timeout: int = 30
     authserv_id: str = ""
+    web_url: str = ""
+    web_rate_limit: int = 30
+    web_trusted_proxies: int = 1
 
     @property
     def keys_path(self) -> Path:
@@ -91,15 +94,24 @@ class Settings:
         """The owner key every row carries: the base address, lowercased."""
         return self.address.lower()
 
+    def web_link(self, path: str) -> str:
+        """The outside URL of a page of `crtool web` ("c/TOKEN", "login/TOKEN"), or "" when
+        `web_url` is not set and there is no web page to link to."""
+        if not self.web_url:
+            return ""
+        return self.web_url.rstrip("/") + "/" + path.lstrip("/")
+
 
 _DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
-_INTEGERS = {"challenge_limit", "challenge_global_limit"}
+_INTEGERS = {"challenge_limit", "challenge_global_limit", "web_rate_limit",
+             "web_trusted_proxies"}
 _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id", "web_url"}
+_WEB_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
 
 
 def default_database_url(home: Path) -> str:
@@ -140,6 +152,10 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     delimiter = values.get("delimiter", "-")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    web_url = values.get("web_url", "")
+    if web_url and not _WEB_URL.match(web_url):
+        raise ValueError("setting 'web_url' must be an http(s) URL without query, e.g. "
+                         "https://mail.example.test/crtool")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
     if values.get("mta", "qmail") != "qmail":
@@ -211,4 +227,12 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# Where `crtool web` is reached from outside (e.g. "https://mail.example.test/crtool"); when set,
+# challenges carry a link to a Confirm page besides the reply address. Empty: no link.
+web_url = {q(settings.web_url)}
+# Requests a minute that one client address may make to the confirm and login pages.
+web_rate_limit = {settings.web_rate_limit}
+# How many reverse proxies in front of `crtool web` set X-Forwarded-For/-Proto/-Host/-Prefix
+# (0 when it faces clients directly: then those headers are ignored).
+web_trusted_proxies = {settings.web_trusted_proxies}
 """
