@@ -5,8 +5,8 @@ through the same service function as a reply to the confirm address."""
 from __future__ import annotations
 
 import html
-import time
 import re
+import time
 from collections.abc import Callable
 
 from werkzeug.test import TestResponse
