@@ -96,9 +96,10 @@ def logout() -> Response:
 # Held mail ------------------------------------------------------------------------------------
 
 REASON_TEXT: dict[str, str] = {
-    "challenged": "a challenge went to the sender, who has not confirmed yet",
-    **{rule.reason: rule.trigger for rule in policy.SUPPRESSION_RULES},
-    **dict(policy.RATE_LIMIT_RULES),
+    reason: text.replace("`", "") for reason, text in (
+        ("challenged", "a challenge went to the sender, who has not confirmed yet"),
+        *((rule.reason, rule.trigger) for rule in policy.SUPPRESSION_RULES),
+        *policy.RATE_LIMIT_RULES)
 }
 
 
