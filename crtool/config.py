@@ -111,7 +111,7 @@ _CHOICES = {
     "blacklist_action": BLACKLIST_ACTIONS,
 }
 _STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id", "web_url"}
-_WEB_URL = re.compile(r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+_WEB_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 
 def default_database_url(home: Path) -> str:
@@ -153,7 +153,7 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
     web_url = values.get("web_url", "")
-    if web_url and not _WEB_URL.match(web_url):
+    if web_url and not _WEB_URL.fullmatch(web_url):
         raise ValueError("setting 'web_url' must be an http(s) URL without query, e.g. "
                          "https://mail.example.test/crtool")
     values.setdefault("maildir", Path.home() / "Maildir")

@@ -78,10 +78,12 @@ class Page:
 
 
 def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
-         offset: int = 0, reason: str | None = None, search: str = "") -> Page:
+         offset: int = 0, reason: str | None = None, search: str = "",
+         total: int | None = None) -> Page:
     """Newest first, one page; the (owner, status, received_at) index serves it, and the
     (owner, status, reason, received_at) index a page of one reason. `search` looks for text
-    in the sender, the From header and the subject."""
+    in the sender, the From header and the subject. A caller that knows the total already
+    (from reason_counts) passes it and saves counting a large queue twice."""
     where = [Pending.owner == owner, Pending.status.in_(statuses)]
     if reason is not None:
         where.append(Pending.reason == reason)
@@ -93,7 +95,8 @@ def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
         .order_by(Pending.received_at.desc(), Pending.id.desc())
         .limit(limit).offset(offset)
     ))
-    total = session.scalar(select(func.count()).select_from(Pending).where(*where)) or 0
+    if total is None:
+        total = session.scalar(select(func.count()).select_from(Pending).where(*where)) or 0
     return Page(rows, total)
 
 

@@ -140,7 +140,7 @@ def queue() -> str:
             size = PAGE_SIZE if reason is not None else GROUP_SIZE
             found = pending.page(session_, box.owner, (pending.HELD,), size,
                                  (number - 1) * size if reason is not None else 0,
-                                 reason=name, search=search)
+                                 reason=name, search=search, total=counts.get(name, 0))
             groups.append(Group(name, REASON_TEXT.get(name, ""), found.total, found.rows))
         days = chart.days(box.now())
         daily = log.daily_counts(session_, box.owner, days[0], chart.KINDS)

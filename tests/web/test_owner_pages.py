@@ -226,3 +226,12 @@ def test_logging_out_ends_the_session(web: Web) -> None:
     token = csrf(client.get("/"))
     assert client.post("/logout", data={"csrf": token}).status_code == 303
     assert client.get("/").status_code == 401
+
+
+def test_web_command_help_and_a_bad_listen_address(web: Web) -> None:
+    helped = web.box.run("web", "--help")
+    assert helped.returncode == 0
+    assert b"login-link" in helped.stdout and b"web_trusted_proxies" in helped.stdout
+    bad = web.box.run("web", "--listen", "nowhere")
+    assert bad.returncode == 2
+    assert bad.stderr.decode().startswith("crtool: error: --listen wants HOST:PORT")
