@@ -61,6 +61,36 @@ class Web:
         return link_path(challenge)
 
 
+def held(box: Mailbox) -> dict[str, dict[str, str]]:
+    """What `pending list --json` would print, by id, read in-process from the same store."""
+    from crtool.store import pending
+    from crtool.store.engine import make_engine, transaction
+
+    engine = make_engine(box.database_url)
+    try:
+        with transaction(engine, write=False) as session:
+            rows = pending.page(session, box.address, (pending.HELD,), 1000).rows
+            return {r.id: {"id": r.id, "sender": r.sender, "subject": r.subject}
+                    for r in rows}
+    finally:
+        engine.dispose()
+
+
+def listed(box: Mailbox, name: str, address: str) -> bool:
+    """What `crtool whitelist|blacklist check ADDRESS` answers, read in-process."""
+    from crtool.store import lists
+    from crtool.store.engine import make_engine, transaction
+
+    engine = make_engine(box.database_url)
+    try:
+        with transaction(engine, write=False) as session:
+            found = lists.matches(session, box.address, address)
+    finally:
+        engine.dispose()
+    return any(list_name == {"whitelist": "white", "blacklist": "black"}[name]
+               for list_name, _ in found)
+
+
 def link_path(challenge: EmailMessage) -> str:
     """The path of the Confirm page's link in a challenge, below web_url."""
     body = challenge.get_content()

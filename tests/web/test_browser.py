@@ -6,7 +6,6 @@ taken here (on the SQLite leg), at desktop and at phone width."""
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support import REPO, Mailbox, crtool_executable, message
+from tests.web.conftest import held
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -118,10 +118,9 @@ def browser_cdp(driver: Any, metrics: dict[str, Any]) -> None:
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
 
 
-def held(box: Mailbox) -> list[dict[str, str]]:
-    return list(json.loads(box.ok("pending", "list", "--json")))
-
-
+# One database is enough for a browser: the pages' database work is tested on both in
+# test_sender_page.py and test_owner_pages.py.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_stranger_confirms_from_the_link_in_the_challenge(
         mailbox: Mailbox, site: str, browser: Any, database_url: str) -> None:
     from selenium.webdriver.common.keys import Keys
@@ -152,11 +151,12 @@ def test_a_stranger_confirms_from_the_link_in_the_challenge(
 
     [delivered] = mailbox.maildir_messages()
     assert b"Subject: Lunch on Friday?" in delivered
-    assert held(mailbox) == []
+    assert held(mailbox) == {}
     assert mailbox.run("whitelist", "check", "bob@remote.test").returncode == 0
     mailbox.outbox.drain(0)
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_owner_logs_in_and_releases_a_message_with_a_click(
         mailbox: Mailbox, site: str, browser: Any, database_url: str) -> None:
     from selenium.webdriver.common.by import By
@@ -172,7 +172,7 @@ def test_the_owner_logs_in_and_releases_a_message_with_a_click(
     mailbox.outbox.drain(2)
     mailbox.ok("whitelist", "add", "friend@example.org", "@family.test", "--note", "family")
     mailbox.ok("blacklist", "add", "spam@junk.test")
-    bob = next(m["id"] for m in held(mailbox) if m["sender"] == "bob@remote.test")
+    bob = next(m["id"] for m in held(mailbox).values() if m["sender"] == "bob@remote.test")
 
     link = mailbox.ok("web", "login-link").strip()
     assert link.startswith(site + "/login/")
@@ -189,7 +189,7 @@ def test_the_owner_logs_in_and_releases_a_message_with_a_click(
     assert not browser.find_elements(By.ID, f"m-{bob}")
     [delivered] = mailbox.maildir_messages()
     assert b"Subject: Lunch on Friday?" in delivered
-    assert bob not in [m["id"] for m in held(mailbox)]
+    assert bob not in held(mailbox)
 
     browser.find_element(By.LINK_TEXT, "Whitelist").click()
     field = wait_for(browser, "#patterns")

@@ -4,7 +4,6 @@ chart. Each change is checked through the command line, which reads the same sto
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -12,8 +11,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from crtool import login
-from tests.support import Mailbox, message
-from tests.web.conftest import STRANGER, WEB_URL, Web
+from tests.support import message
+from tests.web.conftest import STRANGER, WEB_URL, Web, held, listed
 
 
 def sign_in(web: Web) -> FlaskClient:
@@ -28,14 +27,6 @@ def csrf(page: TestResponse) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', page.text)
     assert found, page.text
     return found.group(1)
-
-
-def held(box: Mailbox) -> dict[str, dict[str, str]]:
-    return {m["id"]: m for m in json.loads(box.ok("pending", "list", "--json"))}
-
-
-def listed(box: Mailbox, name: str, address: str) -> bool:
-    return box.run(name, "check", address).returncode == 0
 
 
 def test_the_printed_login_link_logs_in_once_with_a_strict_cookie(web: Web) -> None:
