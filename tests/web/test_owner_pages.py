@@ -95,9 +95,10 @@ def test_every_change_needs_the_sessions_csrf_field(web: Web) -> None:
     [pending_id] = held(web.box)
     client = sign_in(web)
     token = csrf(client.get("/"))
+    wrong = token[:-1] + ("A" if token[-1] != "A" else "B")
     attempts = [
         client.post("/held", data={"act": f"release:{pending_id}"}),
-        client.post("/held", data={"act": f"release:{pending_id}", "csrf": "x" + token[1:]}),
+        client.post("/held", data={"act": f"release:{pending_id}", "csrf": wrong}),
         client.post("/held", data={"act": f"release:{pending_id}", "csrf": token},
                     headers={"Sec-Fetch-Site": "cross-site"}),
         client.post("/whitelist/add", data={"patterns": "x@y.test"}),
@@ -226,3 +227,32 @@ def test_web_command_help_and_a_bad_listen_address(web: Web) -> None:
     bad = web.box.run("web", "--listen", "nowhere")
     assert bad.returncode == 2
     assert bad.stderr.decode().startswith("crtool: error: --listen wants HOST:PORT")
+
+
+def test_long_lists_and_queues_come_page_by_page(web: Web) -> None:
+    from crtool import service, tokens
+    from crtool.store import pending
+    from crtool.store.engine import transaction
+    from crtool.store.models import Pending
+
+    box: service.Mailbox = web.app.extensions["crtool"].box
+    service.list_add(box, "white", [f"friend{i:02d}@x.test" for i in range(55)], "")
+    with transaction(box.engine) as session:
+        for i in range(55):
+            pending.hold(session, Pending(
+                owner=box.owner, sender=f"s{i:02d}@list.test", sender_key=f"s{i:02d}@list.test",
+                recipient=box.owner, from_header="", subject=f"post {i:02d}", message_id="",
+                received_at=1_000_000 + i, size=10, digest=f"{i:064d}", mta="qmail",
+                status=pending.HELD, reason="list_headers"), b"Subject: x\n\n", tokens.new_token_id)
+    client = sign_in(web)
+    first = client.get("/whitelist").text
+    assert "Page 1 of 2" in first and "friend00@x.test" in first and "friend50@x.test" not in first
+    second = client.get("/whitelist?page=2").text
+    assert "friend50@x.test" in second and "friend00@x.test" not in second
+    overview = client.get("/").text
+    assert "All 55 held as list_headers" in overview and "post 44" not in overview
+    newest = client.get("/?reason=list_headers").text
+    assert "Page 1 of 2" in newest and "post 54" in newest and "post 04" not in newest
+    oldest = client.get("/?reason=list_headers&page=2").text
+    assert "post 04" in oldest and "post 54" not in oldest
+    assert client.get("/?reason=list_headers&page=x").status_code == 200
