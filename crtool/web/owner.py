@@ -160,7 +160,7 @@ def act() -> Response:
     box = state(current_app).box
     chosen = request.form.get("act", "")
     verb, _, one = chosen.partition(":")
-    ids = [one] if one else request.form.getlist("id")
+    ids = [one] if one else request.form.getlist("id")[:1000]
     back = {k: request.form[k] for k in ("reason", "q") if request.form.get(k)}
     target = url_for("owner.queue") + ("?" + urlencode(back) if back else "")
     if verb not in ACTIONS:

@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,12 +35,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def site(mailbox: Mailbox) -> Iterator[str]:
-    """`crtool web` on a free loopback port, with web_url pointing at it."""
+def site(mailbox: Mailbox, request: pytest.FixtureRequest) -> Iterator[str]:
+    """`crtool web` on a free loopback port, with web_url pointing at it (and the settings
+    of an indirect parameter)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = mailbox.home / "config.toml"
-    config.write_text(config.read_text().replace('web_url = ""', f'web_url = "{url}"'))
+    text = config.read_text().replace('web_url = ""', f'web_url = "{url}"')
+    for key, value in getattr(request, "param", {}).items():
+        text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", text)
+    config.write_text(text)
     env = mailbox.base_env()
     log = open(mailbox.user_home / "web.log", "wb")  # noqa: SIM115 - closed below
     server = subprocess.Popen([crtool_executable(), "--home", str(mailbox.home), "web",
@@ -204,3 +209,28 @@ def test_the_owner_logs_in_and_releases_a_message_with_a_click(
     wait_for(browser, "h1", "Log in")
     browser.get(site + "/")
     assert wait_for(browser, "h1").text == "Log in"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("site", [{"web_rate_limit": 2}], indirect=True)
+def test_the_real_server_passes_the_proxys_headers_on(mailbox: Mailbox, site: str) -> None:
+    """waitress strips X-Forwarded-* unless told otherwise; `crtool web` leaves them to
+    ProxyFix, which reads them from web_trusted_proxies (1) proxy: the rate limit counts the
+    address nginx names, and the page's links carry the prefix nginx strips."""
+
+    def status(client: str) -> tuple[int, str]:
+        request = urllib.request.Request(f"{site}/c/{'a' * 24}", headers={  # noqa: S310
+            "X-Forwarded-Prefix": "/crtool", "X-Forwarded-Proto": "https",
+            "X-Forwarded-For": client})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    assert status("203.0.113.9")[0] == 404
+    assert status("203.0.113.9")[0] == 404
+    assert status("203.0.113.9")[0] == 429
+    code, page = status("198.51.100.4")
+    assert code == 404
+    assert 'href="/crtool/static/crtool.css"' in page
