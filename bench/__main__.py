@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import heads, memory
 from bench.homes import BLACKLISTED, CRTOOL, LISTED, PYTHON, Home, Server, listed_sender, make_home
 from bench.proc import Run, Samples, spawn
 from bench.web import measure as measure_web
@@ -179,6 +180,7 @@ def main() -> int:
     web_rounds, web_seconds = (1, 1.0) if args.quick else (3, 5.0)
     clock = time.perf_counter()
     load_before = os.getloadavg()
+    parser_figures = heads.measure(args.quick)
     root = Path(tempfile.mkdtemp(prefix="crtool-bench-"))
     if args.web_only:
         try:
@@ -225,6 +227,8 @@ def main() -> int:
         tp_bare = rate(bare_job, messages, 10, budget)
         tp_served = rate(mixed(homes["tp_served"], small), messages, 10, budget)
         tp_inproc = rate(mixed(homes["tp_inproc"], small), messages, 10, budget)
+        print("peak memory by message size ...", flush=True)
+        by_size = memory.run(root, args.quick)
         print("web pages ...", flush=True)
         web = measure_web(homes["held_100k"], root / "web.log", web_rounds, web_seconds)
     finally:
@@ -232,6 +236,8 @@ def main() -> int:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
     results = report(samples, what, tp_bare, tp_inproc, tp_served, rounds)
+    results["memory_by_message_size"] = by_size
+    results["header_parser"] = parser_figures
     print_web(web)
     results["web"] = web
     results["machine"] = {"cpus": os.cpu_count(), "load_before": load_before,

@@ -78,13 +78,14 @@ def held(box: Mailbox) -> dict[str, dict[str, str]]:
 
 def listed(box: Mailbox, name: str, address: str) -> bool:
     """What `crtool whitelist|blacklist check ADDRESS` answers, read in-process."""
+    from crtool.addresses import lookup_keys
     from crtool.store import lists
     from crtool.store.engine import make_engine, transaction
 
     engine = make_engine(box.database_url)
     try:
         with transaction(engine, write=False) as session:
-            found = lists.matches(session, box.address, address)
+            found = lists.matches(session, box.address, lookup_keys(address))
     finally:
         engine.dispose()
     return any(list_name == {"whitelist": "white", "blacklist": "black"}[name]
