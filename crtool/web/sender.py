@@ -42,7 +42,8 @@ def show(token: str) -> tuple[str, int]:
         return render_template("sender_result.html", owner=owner, outcome="used"), 410
     form_value = tokens.sign_text(box.keys(), "web", token)
     page = render_template(
-        "confirm.html", owner=owner, row=found.row, received=_when(found.row.received_at),
+        "confirm.html", owner=owner, name=box.settings.name, row=found.row,
+        received=_when(found.row.received_at),
         expires=_when((found.row.challenged_at or 0) + box.settings.confirm_ttl),
         expired=found.state == "expired", field=FORM_FIELD, form_value=form_value)
     return page, 410 if found.state == "expired" else 200

@@ -243,7 +243,8 @@ def test_long_lists_and_queues_come_page_by_page(web: Web) -> None:
                 owner=box.owner, sender=f"s{i:02d}@list.test", sender_key=f"s{i:02d}@list.test",
                 recipient=box.owner, from_header="", subject=f"post {i:02d}", message_id="",
                 received_at=1_000_000 + i, size=10, digest=f"{i:064d}", mta="qmail",
-                status=pending.HELD, reason="list_headers"), b"Subject: x\n\n", tokens.new_token_id)
+                status=pending.HELD, reason="list_headers"), [b"Subject: x\n\n"],
+                tokens.new_token_id, lambda i=i: f"{i:064d}")
     client = sign_in(web)
     first = client.get("/whitelist").text
     assert "Page 1 of 2" in first and "friend00@x.test" in first and "friend50@x.test" not in first

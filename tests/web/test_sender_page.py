@@ -151,8 +151,27 @@ def test_a_used_token_delivers_nothing_twice(web: Web) -> None:
     again = client.get(path)
     assert again.status_code == 410
     assert "Nothing is waiting" in again.text
-    client.post(path, data={"confirm": value})
+    # A replay (token_used) changes nothing: the owner's removal of the sender stands.
+    web.box.ok("whitelist", "remove", STRANGER)
+    replay = client.post(path, data={"confirm": value})
+    assert replay.status_code == 410
+    assert "Nothing is waiting" in replay.text
     assert len(web.box.maildir_messages()) == 1
+    assert not whitelisted(web.box, STRANGER)
+    web.box.outbox.drain(0)
+
+
+def test_a_sender_blacklisted_since_the_challenge_confirms_nothing(web: Web) -> None:
+    path = web.hold()
+    client = web.client()
+    value = form_value(client.get(path))
+    web.box.ok("blacklist", "add", "@remote.test")
+    page = client.post(path, data={"confirm": value})
+    assert page.status_code == 403
+    assert "does not accept mail from this address" in page.text
+    assert web.box.maildir_messages() == []
+    assert len(held(web.box)) == 1
+    assert not whitelisted(web.box, STRANGER)
     web.box.outbox.drain(0)
 
 
@@ -167,6 +186,12 @@ def test_a_message_the_owner_deleted_cannot_be_confirmed(web: Web) -> None:
     assert "Nothing is waiting" in page.text
     assert web.box.maildir_messages() == []
     assert not whitelisted(web.box, STRANGER)
+
+
+def test_the_page_names_the_owner(make_web: Callable[..., Web]) -> None:
+    web = make_web(name="Alice <b>Example</b>")
+    page = web.client().get(web.hold())
+    assert "<strong>Alice &lt;b&gt;Example&lt;/b&gt;</strong> (alice@example.test)" in page.text
 
 
 def test_a_subject_of_html_and_script_is_shown_as_text(web: Web) -> None:
