@@ -138,13 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     web = sub.add_parser(
         "web", help="the web pages: a Confirm page for senders, the held mail for you",
-        description="Serve the web pages (Flask in waitress) on --listen, in the foreground, "
-        "behind your HTTPS reverse proxy (etc/nginx-crtool.conf, etc/crtool-web.service). "
-        "Senders open GET /c/TOKEN from their challenge (when web_url is set) and confirm with "
-        "its button; you log in with a one-time link from 'crtool web login-link' and see the "
-        "held mail, release or delete it, and edit the lists. Set web_url to the address the "
-        "proxy serves it at, and web_trusted_proxies to the number of proxies in front (0 when "
-        "clients reach it directly).",
+        description="Serve the web pages (Flask in waitress) on --listen, in the foreground,\n"
+        "behind your HTTPS reverse proxy (etc/nginx-crtool.conf, etc/crtool-web.service).\n"
+        "Senders open GET /c/TOKEN from their challenge (when web_url is set) and confirm\n"
+        "with its button; you log in with a one-time link from 'crtool web login-link' and\n"
+        "see the held mail, release or delete it, and edit the lists. Set web_url to the\n"
+        "address the proxy serves it at, and web_trusted_proxies to the number of proxies\n"
+        "in front (0 when clients reach it directly).",
         epilog="examples:\n  crtool web --listen 127.0.0.1:8025\n  crtool web login-link",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     web.add_argument("--listen", default="127.0.0.1:8025", metavar="HOST:PORT",
