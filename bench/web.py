@@ -43,7 +43,7 @@ def _confirm_token(home: Home) -> str:
     assert done.returncode == 99, done.stderr
     engine = make_engine(f"sqlite:///{home.home / 'crtool.db'}")
     with transaction(engine, write=False) as session:
-        [row] = pending.held_from(session, OWNER, STRANGER)
+        [row] = pending.held_batch(session, OWNER, STRANGER, 2, None)
     engine.dispose()
     assert row.challenged_at is not None
     keys = tokens.secrets_of(tokens.load_keys(home.home / "keys"))
