@@ -185,7 +185,7 @@ def main() -> int:
     if args.web_only:
         try:
             web = measure_web(make_home(root, "web", 10, held=many_held), root / "web.log",
-                              web_rounds, web_seconds)
+                              web_rounds, web_seconds, many_held)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         print_web(web)
@@ -230,7 +230,8 @@ def main() -> int:
         print("peak memory by message size ...", flush=True)
         by_size = memory.run(root, args.quick)
         print("web pages ...", flush=True)
-        web = measure_web(homes["held_100k"], root / "web.log", web_rounds, web_seconds)
+        web = measure_web(homes["held_100k"], root / "web.log", web_rounds, web_seconds,
+                          many_held)
     finally:
         for server in servers:
             server.stop()

@@ -79,7 +79,8 @@ def _rate(port: int, path: str, cookie: str, seconds: float) -> tuple[float, int
     return sum(d for d, _ in results) / elapsed, sum(w for _, w in results)
 
 
-def measure(home: Home, log: Path, rounds: int, seconds: float) -> dict[str, object]:
+def measure(home: Home, log: Path, rounds: int, seconds: float,
+            held: int) -> dict[str, object]:
     """Start `crtool web` for `home`, measure the three routes, stop it."""
     config = home.home / "config.toml"
     port = _free_port()
@@ -112,7 +113,7 @@ def measure(home: Home, log: Path, rounds: int, seconds: float) -> dict[str, obj
         server.wait(timeout=60)
     median = {name: statistics.median(values) for name, values in rates.items()}
     return {
-        "clients": CLIENTS, "rounds": rounds, "seconds_per_run": seconds,
+        "clients": CLIENTS, "rounds": rounds, "seconds_per_run": seconds, "held": held,
         "requests_per_second": {k: round(v, 1) for k, v in median.items()},
         "share_of_hello": {k: round(v / median["hello"], 3) for k, v in median.items()},
         "not_200": wrong,
@@ -156,6 +157,6 @@ def print_report(results: dict[str, object]) -> None:
           f"{results['rounds']} runs of {results['seconds_per_run']} s each:")
     for name, what in (("hello", "GET /hello (bare route of the same app)"),
                        ("confirm_page", "GET /c/<token> (confirm page)"),
-                       ("queue_100k", "GET / (owner's queue, 100,000 held)")):
+                       ("queue_100k", f"GET / (owner's queue, {results['held']:,} held)")):
         print(f"  {what:42} {rates[name]:8.1f} req/s  {shares[name]:6.1%} of hello")
     print(f"  answers other than 200: {results['not_200']}")
