@@ -26,6 +26,8 @@ from pathlib import Path
 from bench import heads, memory
 from bench.homes import BLACKLISTED, CRTOOL, LISTED, PYTHON, Home, Server, listed_sender, make_home
 from bench.proc import Run, Samples, spawn
+from bench.web import measure as measure_web
+from bench.web import print_report as print_web
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
 BIG_MESSAGE_MIB = 50
@@ -167,16 +169,29 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: small and short")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--web-only", action="store_true",
+                        help="only the web pages' requests per second (updates 'web' in --json)")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 9)
     big_list = 20_000 if args.quick else 1_000_000
     mid_list = 2_000 if args.quick else 100_000
     many_held = 2_000 if args.quick else 100_000
     messages = 100 if args.quick else 2_000
+    web_rounds, web_seconds = (1, 1.0) if args.quick else (3, 5.0)
     clock = time.perf_counter()
     load_before = os.getloadavg()
     parser_figures = heads.measure(args.quick)
     root = Path(tempfile.mkdtemp(prefix="crtool-bench-"))
+    if args.web_only:
+        try:
+            web = measure_web(make_home(root, "web", 10, held=many_held), root / "web.log",
+                              web_rounds, web_seconds, many_held)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print_web(web)
+        old = json.loads(args.json.read_text()) if args.json.exists() else {}
+        args.json.write_text(json.dumps({**old, "web": web}, indent=2) + "\n")
+        return 0
     servers: list[Server] = []
     try:
         print(f"building mailboxes in {root} ...", flush=True)
@@ -214,6 +229,9 @@ def main() -> int:
         tp_inproc = rate(mixed(homes["tp_inproc"], small), messages, 10, budget)
         print("peak memory by message size ...", flush=True)
         by_size = memory.run(root, args.quick)
+        print("web pages ...", flush=True)
+        web = measure_web(homes["held_100k"], root / "web.log", web_rounds, web_seconds,
+                          many_held)
     finally:
         for server in servers:
             server.stop()
@@ -221,6 +239,8 @@ def main() -> int:
     results = report(samples, what, tp_bare, tp_inproc, tp_served, rounds)
     results["memory_by_message_size"] = by_size
     results["header_parser"] = parser_figures
+    print_web(web)
+    results["web"] = web
     results["machine"] = {"cpus": os.cpu_count(), "load_before": load_before,
                           "load_after": os.getloadavg(), "python": sys.version.split()[0],
                           "list_sizes": [10, mid_list, big_list], "held": [1_000, many_held],

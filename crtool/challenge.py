@@ -48,6 +48,7 @@ class ChallengeContext:
     excerpt: tuple[str, ...]
     expires_at: str
     pending_id: str
+    confirm_url: str = ""
 
 
 def excerpt(data: bytes, facts: Facts, lines: int) -> tuple[str, ...]:
@@ -84,6 +85,7 @@ def context_for(settings: Settings, sender: str, facts: Facts, data: bytes, toke
         excerpt=excerpt(data, facts, settings.challenge_excerpt_lines),
         expires_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires)),
         pending_id=pending_id,
+        confirm_url=settings.web_link(f"c/{token}"),
     )
 
 

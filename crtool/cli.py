@@ -140,6 +140,26 @@ def build_parser() -> argparse.ArgumentParser:
     key_verbs = keys.add_subparsers(dest="verb", required=True, metavar="VERB")
     key_verbs.add_parser("rotate", help="add a new key; old ones verify until tokens expire")
 
+    web = sub.add_parser(
+        "web", help="the web pages: a Confirm page for senders, the held mail for you",
+        description="Serve the web pages (Flask in waitress) on --listen, in the foreground,\n"
+        "behind your HTTPS reverse proxy (etc/nginx-crtool.conf, etc/crtool-web.service).\n"
+        "Senders open GET /c/TOKEN from their challenge (when web_url is set) and confirm\n"
+        "with its button; you log in with a one-time link from 'crtool web login-link' and\n"
+        "see the held mail, release or delete it, and edit the lists. Set web_url to the\n"
+        "address the proxy serves it at, and web_trusted_proxies to the number of proxies\n"
+        "in front (0 when clients reach it directly).",
+        epilog="examples:\n  crtool web --listen 127.0.0.1:8025\n  crtool web login-link",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    web.add_argument("--listen", default="127.0.0.1:8025", metavar="HOST:PORT",
+                     help="where to listen (default 127.0.0.1:8025)")
+    web_verbs = web.add_subparsers(dest="verb", metavar="VERB")
+    web_verbs.add_parser(
+        "login-link", help="print a one-time login link (valid 15 minutes, once)",
+        description="Print a one-time link that logs you in to the web pages: valid for 15 "
+        "minutes and for one use. It starts with web_url, or with http://HOST:PORT of --listen "
+        "when web_url is not set.")
+
     stats = sub.add_parser("stats", help="counts of what happened")
     stats.add_argument("--json", action="store_true")
     _owner_option(stats)

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         "db": db_command,
         "keys": keys_command,
         "stats": stats_command,
+        "web": web_command,
     }
     if getattr(args, "config", None):
         from crtool import system_commands
@@ -178,36 +179,27 @@ def _database_is_gone(settings: Settings) -> bool:
 
 # whitelist / blacklist ------------------------------------------------------------------------
 
-def _patterns(texts: list[str]) -> list[addresses.Pattern]:
-    return [addresses.parse_pattern(text) for text in texts]
-
-
 def address_list(settings: Settings, args: argparse.Namespace) -> int:
     from crtool.store import lists
     from crtool.store.engine import transaction
 
     list_name = LIST_NAMES[args.command]
-    engine = _engine(settings)
     owner = settings.owner
-    if args.verb == "add":
-        patterns = _patterns(args.patterns)
-        with transaction(engine) as session:
-            for pattern in patterns:
-                new = lists.add(session, owner, list_name, pattern, args.note, _now())
-                print(f"{'added' if new else 'already listed'}: {pattern.text}")
-        return EXIT_OK
-    if args.verb == "remove":
-        patterns = _patterns(args.patterns)
-        missing = []
-        with transaction(engine) as session:
-            for pattern in patterns:
-                if lists.remove(session, owner, list_name, pattern):
-                    print(f"removed: {pattern.text}")
-                else:
-                    missing.append(pattern.text)
+    if args.verb in ("add", "remove"):
+        from crtool import service
+
+        box = _mailbox(settings)
+        if args.verb == "add":
+            for text, new in service.list_add(box, list_name, args.patterns, args.note):
+                print(f"{'added' if new else 'already listed'}: {text}")
+            return EXIT_OK
+        removed, missing = service.list_remove(box, list_name, args.patterns)
+        for text in removed:
+            print(f"removed: {text}")
         if missing:
             raise NotFound(f"not on the {args.command}: {', '.join(missing)}")
         return EXIT_OK
+    engine = _engine(settings)
     if args.verb == "check":
         with transaction(engine, write=False) as session:
             keys = addresses.lookup_keys(args.address, settings.subaddress_separators)
@@ -293,14 +285,8 @@ def _read_patterns(handle: TextIO) -> Iterator[addresses.Pattern]:
 
 def _mailbox(settings: Settings) -> Any:
     from crtool import service
-    from crtool.outbox import SendmailOutbox
-    from crtool.tokens import load_keys, secrets_of
 
-    return service.Mailbox(
-        settings=settings, engine=_engine(settings),
-        outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-        keys=lambda: secrets_of(load_keys(settings.keys_path)),
-    )
+    return service.open_mailbox(settings)
 
 
 def pending_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -405,6 +391,15 @@ def keys_command(settings: Settings, args: argparse.Namespace) -> int:
     print(f"new signing key added; {len(new_ring)} keys in the ring"
           + (f", {dropped} expired ones removed" if dropped else ""))
     return EXIT_OK
+
+
+def web_command(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.web import server
+
+    if args.verb == "login-link":
+        print(server.login_link(settings, f"http://{args.listen}"))
+        return EXIT_OK
+    return server.run(settings, args.listen)
 
 
 STAT_KINDS = ("delivered", "held", "challenged", "confirmed", "released", "dropped", "bounced",

@@ -87,6 +87,9 @@ class Settings:
     # the Maildir, and the key ring lives where the system config says.
     lmtp_next: str = ""
     keys_file: Path | None = None
+    web_url: str = ""
+    web_rate_limit: int = 30
+    web_trusted_proxies: int = 1
     # Bytes; a longer stream is a broken environment, not a message (envelope.RawMessage).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     subaddress_separators: str = "+"
@@ -110,11 +113,18 @@ class Settings:
         """The owner key every row carries: the base address, lowercased."""
         return self.address.lower()
 
+    def web_link(self, path: str) -> str:
+        """The outside URL of a page of `crtool web` ("c/TOKEN", "login/TOKEN"), or "" when
+        `web_url` is not set and there is no web page to link to."""
+        if not self.web_url:
+            return ""
+        return self.web_url.rstrip("/") + "/" + path.lstrip("/")
+
 
 _DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
               "database_timeout"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
-             "challenge_excerpt_lines"}
+             "challenge_excerpt_lines", "web_rate_limit", "web_trusted_proxies"}
 # A challenge quotes a short excerpt at most, never the message.
 MAX_EXCERPT_LINES = 20
 _CHOICES = {
@@ -123,7 +133,8 @@ _CHOICES = {
     "blacklist_action": BLACKLIST_ACTIONS,
 }
 _STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
-            "subaddress_separators", "name", "lmtp_next"}
+            "subaddress_separators", "name", "lmtp_next", "web_url"}
+_WEB_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 
 def default_database_url(home: Path) -> str:
@@ -166,6 +177,10 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     delimiter = values.get("delimiter", "-")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    web_url = values.get("web_url", "")
+    if web_url and not _WEB_URL.fullmatch(web_url):
+        raise ValueError("setting 'web_url' must be an http(s) URL without query, e.g. "
+                         "https://mail.example.test/crtool")
     separators = values.get("subaddress_separators", "+")
     if any(c.isalnum() or c.isspace() or c in '@."\\<>=' or not c.isprintable()
            for c in separators):
@@ -279,6 +294,14 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# Where `crtool web` is reached from outside (e.g. "https://mail.example.test/crtool"); when set,
+# challenges carry a link to a Confirm page besides the reply address. Empty: no link.
+web_url = {q(settings.web_url)}
+# Requests a minute that one client address may make to the confirm and login pages.
+web_rate_limit = {settings.web_rate_limit}
+# How many reverse proxies in front of `crtool web` set X-Forwarded-For/-Proto/-Host/-Prefix
+# (0 when it faces clients directly: then those headers are ignored).
+web_trusted_proxies = {settings.web_trusted_proxies}
 # Bytes. A longer message on stdin is taken for a broken environment (such as /dev/zero) and
 # the MTA is asked to retry; raise it if you receive larger mail.
 max_message_size = {settings.max_message_size}

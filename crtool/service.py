@@ -71,6 +71,20 @@ class Mailbox:
         return int(self.clock())
 
 
+def open_mailbox(settings: Settings) -> Mailbox:
+    """The owner's mailbox as the commands and the web pages use it: the configured database,
+    sendmail and key ring (read when a token is made or checked, so `keys rotate` counts)."""
+    from crtool.outbox import SendmailOutbox
+    from crtool.store.engine import make_engine
+
+    return Mailbox(
+        settings=settings,
+        engine=make_engine(settings.database_url, timeout=settings.database_timeout),
+        outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
+        keys=lambda: tokens.secrets_of(tokens.load_keys(settings.keys_path)),
+    )
+
+
 # Incoming mail ------------------------------------------------------------------------------
 
 def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
@@ -83,7 +97,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     token = addresses.parse_confirm(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
     if token is not None:
-        return _purged_after(box, confirm(box, envelope, facts, token))
+        return _purged_after(box, confirm(box, token, Via.mail(envelope, facts)))
 
     with transaction(box.engine) as session:
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
@@ -281,40 +295,60 @@ def _purged_after(box: Mailbox, result: Result) -> Result:
 
 # Confirmation -------------------------------------------------------------------------------
 
-def confirm(box: Mailbox, envelope: Envelope, facts: Facts, token: str) -> Result:
-    """A reply to a confirm address: verify, release everything held from that sender and
-    whitelist it. Anything wrong releases nothing, sends nothing and is dropped (logged)."""
-    refusal = policy.confirm_reply_refusal(facts, envelope.sender)
-    if refusal is not None:
-        return _refuse(box, envelope, refusal)
+@dataclass(frozen=True)
+class Via:
+    """How a confirmation arrived. A reply by mail brings its envelope sender and header facts,
+    because an automated reply (a vacation program at a forged sender's address) must confirm
+    nothing; the web page brings neither, and its POST is a person pressing a button."""
+
+    channel: str
+    sender: str = ""
+    facts: Facts | None = None
+
+    @classmethod
+    def mail(cls, envelope: Envelope, facts: Facts) -> Via:
+        return cls("mail", envelope.sender, facts)
+
+    @classmethod
+    def web(cls) -> Via:
+        return cls("web")
+
+
+def confirm(box: Mailbox, token: str, via: Via) -> Result:
+    """A reply to a confirm address, or the web page's Confirm button: verify, release
+    everything held from that sender and whitelist it. Anything wrong releases nothing, sends
+    nothing and is dropped (logged)."""
+    if via.facts is not None:
+        refusal = policy.confirm_reply_refusal(via.facts, via.sender)
+        if refusal is not None:
+            return _refuse(box, via, refusal)
     try:
         token_id, _ = tokens.parse(token)
     except BadToken as error:
-        return _refuse(box, envelope, f"token_{error.reason}")
+        return _refuse(box, via, f"token_{error.reason}")
 
     outgoing: _Outgoing | None = None
     confirmed: tuple[str, str, str] | None = None  # (id, sender, sender_key) to release
     with transaction(box.engine) as session:
         now = box.now()
         pending.lock_owner(session, box.owner, now)
-        row = pending.get(session, box.owner, token_id)
-        if row is None or row.challenged_at is None:
-            log.record_event(session, box.owner, now, "dropped", "token_unknown", envelope.sender)
+        row = _challenged(session, box.owner, token_id)
+        if row is None:
+            log.record_event(session, box.owner, now, "dropped", "token_unknown", via.sender)
             return Result(Outcome.DROPPED, "confirm token matches no held message; dropped",
                           reason="token_unknown")
         keys = box.keys()
         try:
-            tokens.verify(keys, "confirm", box.owner, token, row.sender, row.challenged_at,
-                          now, box.settings.confirm_ttl)
+            _verify(box, keys, token, row, now)
         except BadToken as error:
             if error.reason == "expired" and row.status == pending.HELD:
                 outgoing, detail = _rechallenge(box, session, row, now, keys)
                 log.record_event(session, box.owner, now, "dropped", "token_expired",
-                                 envelope.sender, row.id)
+                                 via.sender, row.id)
                 result = Result(Outcome.DROPPED, detail, row.id, "token_expired")
             else:
                 reason = f"token_{error.reason}"
-                log.record_event(session, box.owner, now, "dropped", reason, envelope.sender,
+                log.record_event(session, box.owner, now, "dropped", reason, via.sender,
                                  row.id)
                 return Result(Outcome.DROPPED, f"confirm token {error.reason}; dropped", row.id,
                               reason)
@@ -336,9 +370,55 @@ def confirm(box: Mailbox, envelope: Envelope, facts: Facts, token: str) -> Resul
                   f"message(s): {_some(released)}", pending_id)
 
 
-def _refuse(box: Mailbox, envelope: Envelope, reason: str) -> Result:
+def _challenged(session: Session, owner: str, token_id: str) -> Pending | None:
+    """The held message a confirm token names, if it was ever challenged."""
+    row = pending.get(session, owner, token_id)
+    return row if row is not None and row.challenged_at is not None else None
+
+
+def _verify(box: Mailbox, keys: Sequence[bytes], token: str, row: Pending, now: int) -> None:
+    """BadToken unless `token` is the confirm token of this row's current challenge."""
+    if row.challenged_at is None:
+        raise BadToken("unknown")
+    tokens.verify(keys, "confirm", box.owner, token, row.sender, row.challenged_at, now,
+                  box.settings.confirm_ttl)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What the web page shows for a confirm token before anyone presses anything.
+
+    `state`: "ready" (valid, its message still held), "used" (valid, nothing of it is held any
+    more), "expired" (`row` still held: pressing the button asks for a fresh challenge) or
+    "invalid" (malformed, forged or unknown: nothing about any message is shown)."""
+
+    state: str
+    row: Pending | None = None
+
+
+def preview(box: Mailbox, token: str) -> Preview:
+    """Look a confirm token up without changing anything: link scanners fetch every link, so
+    only `confirm` (a POST on the web) may act on it."""
+    try:
+        token_id, _ = tokens.parse(token)
+    except BadToken:
+        return Preview("invalid")
+    with transaction(box.engine, write=False) as session:
+        row = _challenged(session, box.owner, token_id)
+        if row is None:
+            return Preview("invalid")
+        try:
+            _verify(box, box.keys(), token, row, box.now())
+        except BadToken as error:
+            if error.reason == "expired" and row.status == pending.HELD:
+                return Preview("expired", row)
+            return Preview("invalid")
+        return Preview("ready" if row.status == pending.HELD else "used", row)
+
+
+def _refuse(box: Mailbox, via: Via, reason: str) -> Result:
     with transaction(box.engine) as session:
-        log.record_event(session, box.owner, box.now(), "dropped", reason, envelope.sender)
+        log.record_event(session, box.owner, box.now(), "dropped", reason, via.sender)
     return Result(Outcome.DROPPED, f"confirmation refused ({reason}); dropped", reason=reason)
 
 
@@ -391,10 +471,15 @@ def _rechallenge(box: Mailbox, session: Session, row: Pending, now: int,
 def _whitelist(box: Mailbox, session: Session, sender: str, note: str, now: int) -> None:
     """Whitelist the sender a confirmation proved, as one exact entry: never read as owner
     syntax, so a sender `*@evil.test` whitelists that address and not the domain."""
+    _list_sender(box, session, policy.WHITE, sender, note, now)
+
+
+def _list_sender(box: Mailbox, session: Session, list_name: str, sender: str, note: str,
+                 now: int) -> None:
     pattern = addresses.confirmed_pattern(sender, box.settings.subaddress_separators)
     if pattern is None:  # an odd sender is released but cannot be listed
         return
-    lists.add(session, box.owner, policy.WHITE, pattern, note, now)
+    lists.add(session, box.owner, list_name, pattern, note, now)
 
 
 # Each batch of a release is its own short transaction: 6,000 messages released at once held
@@ -493,13 +578,42 @@ def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
     return released
 
 
-def delete_ids(box: Mailbox, ids: Sequence[str]) -> list[str]:
+def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> list[str]:
     """`pending delete`: the bytes go; the row stays (status deleted) so that a later
-    confirmation of it is recognised and dropped."""
+    confirmation of it is recognised and dropped. `blacklist` also blacklists each sender."""
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
         for row in rows:
             pending.finish(session, row, pending.DELETED, now)
             log.record_event(session, box.owner, now, "deleted", "", row.sender, row.id)
+            if blacklist and row.sender:
+                _list_sender(box, session, policy.BLACK, row.sender, "deleted by owner", now)
         return [row.id for row in rows]
+
+
+# The owner's lists ----------------------------------------------------------------------------
+
+def list_add(box: Mailbox, list_name: str, texts: Sequence[str], note: str) -> list[tuple[str,
+                                                                                         bool]]:
+    """`whitelist add` / `blacklist add` and the web's add form: every pattern or none
+    (UsageError names the first bad one); each with whether it was new."""
+    patterns = [addresses.parse_pattern(text) for text in texts]
+    with transaction(box.engine) as session:
+        return [(p.text, lists.add(session, box.owner, list_name, p, note, box.now()))
+                for p in patterns]
+
+
+def list_remove(box: Mailbox, list_name: str, texts: Sequence[str]) -> tuple[list[str],
+                                                                             list[str]]:
+    """`whitelist remove` / `blacklist remove` and the web's remove buttons: (removed,
+    not listed)."""
+    patterns = [addresses.parse_pattern(text) for text in texts]
+    removed, missing = [], []
+    with transaction(box.engine) as session:
+        for pattern in patterns:
+            if lists.remove(session, box.owner, list_name, pattern):
+                removed.append(pattern.text)
+            else:
+                missing.append(pattern.text)
+    return removed, missing

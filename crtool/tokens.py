@@ -34,7 +34,7 @@ MAC_BYTES = 10
 ID_CHARS = ID_BYTES * 8 // 5
 TOKEN_CHARS = (ID_BYTES + MAC_BYTES) * 8 // 5
 CLOCK_SKEW = 300
-PURPOSES = frozenset({"confirm", "dated", "sender", "keyword", "web"})
+PURPOSES = frozenset({"confirm", "dated", "sender", "keyword", "web", "login"})
 _TOKEN_TEXT = re.compile(r"^[a-z2-7]+$")
 
 
@@ -130,12 +130,13 @@ def verify(
     challenged_at: int,
     now: int,
     ttl: int,
+    skew: int = CLOCK_SKEW,
 ) -> str:
     """Check a token against its held message's row; the id on success, else BadToken.
 
     The MAC is checked before the clock so that a forged token always reads as forged.
-    Expiry is absolute from the challenge time, with CLOCK_SKEW allowed either way for
-    hosts that share a database.
+    Expiry is absolute from the challenge time, with `skew` (CLOCK_SKEW) allowed either way
+    for hosts that share a database; a login link, whose minutes are its whole point, passes 0.
     """
     token_id, sig = parse(text)
     signer = Base32Signer(keys, purpose)
@@ -143,7 +144,7 @@ def verify(
         raise BadToken("forged")
     if challenged_at > now + CLOCK_SKEW:
         raise BadToken("future", "challenge time is ahead of this host's clock")
-    if now > challenged_at + ttl + CLOCK_SKEW:
+    if now > challenged_at + ttl + skew:
         raise BadToken("expired")
     return token_id
 
@@ -220,3 +221,16 @@ def rotated(keys: Sequence[Key], now: int, ttl: int) -> list[Key]:
 
 def new_ring(now: int) -> list[Key]:
     return [Key(now, secrets.token_bytes(KEY_BYTES))]
+
+
+# Web forms ---------------------------------------------------------------------------------
+
+def sign_text(keys: Sequence[bytes], purpose: str, text: str) -> str:
+    """A MAC over `text` alone (lowercased), in the token's base32 form: the web's confirm form
+    carries one for its confirm token (purpose `web`), so only a POST from that page counts."""
+    return Base32Signer(keys, purpose).get_signature(text.lower()).decode("ascii")
+
+
+def check_text(keys: Sequence[bytes], purpose: str, text: str, signature: str) -> bool:
+    """True when `signature` is sign_text's for `text` under any key of the ring."""
+    return Base32Signer(keys, purpose).verify_signature(text.lower(), signature.strip().lower())

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from crtool import addresses
 from crtool.store.models import AddressEntry
+from crtool.store.search import contains
 
 IMPORT_BATCH = 5000
 
@@ -71,8 +72,10 @@ def remove(session: Session, owner: str, list_name: str, pattern: addresses.Patt
     return bool(getattr(result, "rowcount", 0))
 
 
-def entries(session: Session, owner: str, list_name: str) -> Iterator[Entry]:
-    """All entries of one list in key order, streamed so a million do not fill memory."""
+def entries(session: Session, owner: str, list_name: str, search: str = "",
+            limit: int | None = None, offset: int = 0) -> Iterator[Entry]:
+    """The entries of one list in key order, streamed so a million do not fill memory;
+    `search`, `limit` and `offset` give the web page one page of them."""
     statement = (
         select(AddressEntry.list_name, AddressEntry.key, AddressEntry.kind, AddressEntry.note,
                AddressEntry.created_at)
@@ -80,16 +83,23 @@ def entries(session: Session, owner: str, list_name: str) -> Iterator[Entry]:
         .order_by(AddressEntry.key)
         .execution_options(yield_per=2000)
     )
+    if search:
+        statement = statement.where(
+            or_(contains(AddressEntry.key, search), contains(AddressEntry.note, search)))
+    if limit is not None:
+        statement = statement.limit(limit).offset(offset)
     for row in session.execute(statement):
         pattern = addresses.Pattern(row.kind, row.key)
         yield Entry(row.list_name, pattern.text, row.kind, row.note, row.created_at)
 
 
-def count(session: Session, owner: str, list_name: str) -> int:
-    return session.scalar(
-        select(func.count()).select_from(AddressEntry).where(
-            AddressEntry.owner == owner, AddressEntry.list_name == list_name)
-    ) or 0
+def count(session: Session, owner: str, list_name: str, search: str = "") -> int:
+    statement = select(func.count()).select_from(AddressEntry).where(
+        AddressEntry.owner == owner, AddressEntry.list_name == list_name)
+    if search:
+        statement = statement.where(
+            or_(contains(AddressEntry.key, search), contains(AddressEntry.note, search)))
+    return session.scalar(statement) or 0
 
 
 def bulk_import(session: Session, owner: str, list_name: str,

@@ -71,3 +71,19 @@ def event_counts(session: Session, owner: str) -> dict[tuple[str, str], int]:
         .group_by(Event.kind, Event.reason)
     ).all()
     return {(kind, reason): n for kind, reason, n in rows}
+
+
+DAY = 86400
+
+
+def daily_counts(session: Session, owner: str, since: int,
+                 kinds: tuple[str, ...]) -> dict[tuple[int, str], int]:
+    """{(day, kind): count} of this owner's events at or after `since`; a day is the epoch
+    seconds of its midnight UTC. Served by the (owner, at, kind) index."""
+    day = (Event.at // DAY) * DAY
+    rows = session.execute(
+        select(day, Event.kind, func.count())
+        .where(Event.owner == owner, Event.at >= since, Event.kind.in_(kinds))
+        .group_by(day, Event.kind)
+    ).all()
+    return {(int(d), kind): n for d, kind, n in rows}

@@ -83,6 +83,8 @@ class Pending(Base):
         Index("ix_pending_digest", "owner", "digest", unique=True),
         Index("ix_pending_sender", "owner", "sender_key", "status"),
         Index("ix_pending_status_received", "owner", "status", "received_at"),
+        # The owner's web queue: counts by reason and each reason's newest page.
+        Index("ix_pending_status_reason", "owner", "status", "reason", "received_at"),
         Index("ix_pending_received", "received_at"),
     )
 
@@ -138,4 +140,20 @@ class Event(Base):
     __table_args__ = (
         Index("ix_events_owner_kind", "owner", "kind", "reason"),
         Index("ix_events_at", "at"),
+        # The per-day chart of the owner's web pages: one owner's last 30 days.
+        Index("ix_events_owner_at", "owner", "at", "kind"),
     )
+
+
+class Login(Base):
+    """A one-time owner login link (`crtool web login-link`): the row gives the token its issue
+    time and records its use, so a link works once and only within its minutes."""
+
+    __tablename__ = "logins"
+
+    id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (Index("ix_logins_created", "created_at"),)

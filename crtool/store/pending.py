@@ -10,6 +10,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from crtool.store.models import Owner, Pending, PendingChunk
+from crtool.store.search import contains
 
 HELD = "held"
 RELEASED = "released"
@@ -152,19 +153,38 @@ class Page:
 
 
 def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
-         offset: int = 0) -> Page:
-    """Newest first, one page; the (owner, status, received_at) index serves it."""
+         offset: int = 0, reason: str | None = None, search: str = "",
+         total: int | None = None) -> Page:
+    """Newest first, one page; the (owner, status, received_at) index serves it, and the
+    (owner, status, reason, received_at) index a page of one reason. `search` looks for text
+    in the sender, the From header and the subject. A caller that knows the total already
+    (from reason_counts) passes it and saves counting a large queue twice."""
+    where = [Pending.owner == owner, Pending.status.in_(statuses)]
+    if reason is not None:
+        where.append(Pending.reason == reason)
+    if search:
+        where.append(or_(contains(Pending.sender, search), contains(Pending.from_header, search),
+                         contains(Pending.subject, search)))
     rows = list(session.scalars(
-        select(Pending)
-        .where(Pending.owner == owner, Pending.status.in_(statuses))
+        select(Pending).where(*where)
         .order_by(Pending.received_at.desc(), Pending.id.desc())
         .limit(limit).offset(offset)
     ))
-    total = session.scalar(
-        select(func.count()).select_from(Pending)
-        .where(Pending.owner == owner, Pending.status.in_(statuses))
-    ) or 0
+    if total is None:
+        total = session.scalar(select(func.count()).select_from(Pending).where(*where)) or 0
     return Page(rows, total)
+
+
+def reason_counts(session: Session, owner: str, search: str = "") -> dict[str, int]:
+    """How many messages are held for each reason (`challenged`, or why not)."""
+    statement = (select(Pending.reason, func.count())
+                 .where(Pending.owner == owner, Pending.status == HELD)
+                 .group_by(Pending.reason))
+    if search:
+        statement = statement.where(or_(
+            contains(Pending.sender, search), contains(Pending.from_header, search),
+            contains(Pending.subject, search)))
+    return {reason: n for reason, n in session.execute(statement).all()}
 
 
 def expired_ids(session: Session, owner: str, before: int, limit: int) -> list[str]:
