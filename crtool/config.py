@@ -77,6 +77,10 @@ class Settings:
     sendmail_timeout: int = 60
     database_timeout: int = 30
     authserv_id: str = ""
+    # The digest of held mail: where it goes ("" = the owner's address) and how often
+    # `crtool serve` sends one (0 = never; cron can run `crtool digest` instead).
+    digest_to: str = ""
+    digest_every: int = 86400
 
     @property
     def keys_path(self) -> Path:
@@ -92,14 +96,15 @@ class Settings:
         return self.address.lower()
 
 
-_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout"}
+_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout",
+              "digest_every"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit"}
 _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id", "digest_to"}
 
 
 def default_database_url(home: Path) -> str:
@@ -211,4 +216,8 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# The digest of held mail: its recipient ("" for the address above), and how often
+# `crtool serve` mails one ("0" never; `crtool digest` from cron works as well).
+digest_to = {q(settings.digest_to)}
+digest_every = "{format_duration(settings.digest_every)}"
 """

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, maildir, policy, tokens
+from crtool import addresses, challenge, digest, fastpath, maildir, policy, tokens
 from crtool.config import Settings
-from crtool.envelope import STORED_CAP, Envelope, RawMessage, digest
+from crtool.envelope import STORED_CAP, Envelope, RawMessage
+from crtool.envelope import digest as fingerprint_of
 from crtool.errors import BadToken, NotFound
 from crtool.exits import Outcome
 from crtool.fastpath import trace_prefix
@@ -30,6 +31,12 @@ from crtool.store.engine import transaction
 from crtool.store.models import Pending
 
 KeyLoader = Callable[[], Sequence[bytes]]
+
+# Who made a decision (events.actor) and where a list entry came from (its source).
+SENDER_ACTOR = "sender"
+OWNER_ACTOR = "owner"
+CONFIRMED_SOURCE = "confirmed"
+RELEASED_SOURCE = "released by owner"
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,17 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
     or disk error escape) only when the environment is broken."""
     facts = parse_head(raw.head)
     incoming = fastpath.incoming(box.settings, envelope, facts)
-    token = addresses.parse_confirm(envelope.recipient, box.settings.address,
+    action = addresses.parse_action(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
-    if token is not None:
-        return confirm(box, envelope, facts, token)
+    if action is not None:
+        word, token = action
+        if word == addresses.CONFIRM_WORD:
+            return confirm(box, envelope, facts, token)
+        return owner_action(box, envelope, word, token)
 
     with transaction(box.engine) as session:
+        if _own_digest(box, session, envelope, facts):
+            incoming = replace(incoming, own_digest=True)
         verdict = policy.classify(incoming, _listing(session, box.owner, envelope.sender))
         if verdict.action is policy.Action.ACCEPT:
             return _accept(box, session, envelope, raw, verdict)
@@ -87,6 +99,15 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage) -> Result:
             return _blacklisted(box, session, envelope, verdict)
 
     return _hold(box, envelope, raw, facts, incoming)
+
+
+def _own_digest(box: Mailbox, session: Session, envelope: Envelope, facts: Facts) -> bool:
+    """Whether this is a digest this crtool mailed to its owner, come back through the MTA
+    (null sender, a Message-ID signed for this owner). Only then are the keys loaded."""
+    if envelope.sender or not digest.looks_like_own(facts.message_id):
+        return False
+    return digest.recognise(session, box.owner, box.keys(), facts.message_id, box.now(),
+                            box.settings.confirm_ttl)
 
 
 def _listing(session: Session, owner: str, sender: str) -> policy.Listing | None:
@@ -97,7 +118,7 @@ def _listing(session: Session, owner: str, sender: str) -> policy.Listing | None
 
 def _accept(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
-    key = verdict.listing.key if verdict.listing else ""
+    key = verdict.listing.key if verdict.listing else verdict.reason
     log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
     outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
     return Result(outcome, detail)
@@ -116,7 +137,7 @@ def _blacklisted(box: Mailbox, session: Session, envelope: Envelope,
 def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
           incoming: policy.Incoming) -> Result:
     data = raw.whole()
-    fingerprint = digest(box.owner, envelope, data)
+    fingerprint = fingerprint_of(box.owner, envelope, data)
     outgoing: _Outgoing | None = None
     # What a challenge needs and is slow to get (Jinja2's import, the template's compilation,
     # the key ring) is got before the write lock, which 120 concurrent deliveries queue for.
@@ -287,10 +308,11 @@ def _confirmed(box: Mailbox, session: Session, row: Pending, now: int) -> Result
         log.record_event(session, box.owner, now, "dropped", "message_gone", row.sender, row.id)
         return Result(Outcome.DROPPED, f"{row.id} was deleted by the owner; dropped", row.id,
                       "message_gone")
-    released = _release(box, session, pending.held_from(session, box.owner, row.sender_key), now)
-    _whitelist(session, box.owner, row.sender, now)
+    released = _release(box, session, pending.held_from(session, box.owner, row.sender_key), now,
+                        SENDER_ACTOR)
+    _whitelist(session, box.owner, row.sender, now, CONFIRMED_SOURCE)
     log.record_event(session, box.owner, now, "confirmed", "" if released else "repeat",
-                     row.sender, row.id)
+                     row.sender, row.id, SENDER_ACTOR)
     if not released:
         return Result(Outcome.CONFIRMED, f"{row.sender} confirmed again; nothing more held",
                       row.id, "repeat")
@@ -316,16 +338,24 @@ def _rechallenge(box: Mailbox, session: Session, row: Pending, now: int,
             f"confirm token expired; fresh challenge sent to {row.sender}; dropped")
 
 
-def _whitelist(session: Session, owner: str, sender: str, now: int) -> None:
+def _whitelist(session: Session, owner: str, sender: str, now: int, source: str) -> None:
+    _list_sender(session, owner, policy.WHITE, sender, now, source)
+
+
+def _list_sender(session: Session, owner: str, list_name: str, sender: str, now: int,
+                 source: str) -> None:
+    """List one recorded sender, `source` saying who decided (history shows it)."""
     try:
         pattern = addresses.parse_pattern(sender)
     except Exception:  # noqa: BLE001 - an odd sender is released but cannot be listed
         return
-    lists.add(session, owner, policy.WHITE, pattern, "confirmed", now)
+    lists.add(session, owner, list_name, pattern, source, now, source)
 
 
-def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> list[str]:
-    """Write each held message into the Maildir, then mark it released (same transaction)."""
+def _release(box: Mailbox, session: Session, rows: list[Pending], now: int,
+             actor: str) -> list[str]:
+    """Write each held message into the Maildir, then mark it released (same transaction);
+    `actor` is who released it: the sender's confirmation or the owner."""
     released = []
     for row in rows:
         data = pending.raw_bytes(session, row.id)
@@ -334,7 +364,7 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> l
         maildir.deliver(box.settings.maildir, [data],
                         trace_prefix(row.mta, row.sender, row.recipient))
         pending.finish(session, row, pending.RELEASED, now)
-        log.record_event(session, box.owner, now, "released", "", row.sender, row.id)
+        log.record_event(session, box.owner, now, "released", "", row.sender, row.id, actor)
         released.append(row.id)
     return released
 
@@ -353,25 +383,114 @@ def _held(session: Session, owner: str, ids: Sequence[str]) -> list[Pending]:
     return rows
 
 
+def _held_from_senders(session: Session, owner: str, senders: Sequence[str]) -> list[Pending]:
+    """Everything still held from these senders (their recorded keys), oldest first."""
+    rows: dict[str, Pending] = {}
+    for key in dict.fromkeys(addresses.normalize_address(s) for s in senders):
+        for row in pending.held_from(session, owner, key):
+            rows[row.id] = row
+    return sorted(rows.values(), key=lambda r: (r.received_at, r.id))
+
+
+def _release_by_owner(box: Mailbox, session: Session, rows: list[Pending], now: int,
+                      whitelist: bool) -> list[str]:
+    """The owner's release, whichever way he asks (`pending release`, a release or accept
+    address): with `whitelist`, everything held from those senders goes and each is
+    whitelisted (source "released by owner")."""
+    senders = list(dict.fromkeys(row.sender for row in rows))
+    if whitelist:
+        rows = _held_from_senders(session, box.owner, senders)
+    released = _release(box, session, rows, now, OWNER_ACTOR)
+    if whitelist:
+        for sender in senders:
+            _whitelist(session, box.owner, sender, now, RELEASED_SOURCE)
+    return released
+
+
 def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
-    """`pending release`: deliver the named held messages, optionally whitelisting senders."""
+    """`pending release ID…`: deliver the named held messages; with `whitelist`, everything
+    held from their senders too, and whitelist those senders."""
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
-        released = _release(box, session, rows, now)
-        if whitelist:
-            for row in rows:
-                _whitelist(session, box.owner, row.sender, now)
-        return released
+        return _release_by_owner(box, session, rows, now, whitelist)
 
 
-def delete_ids(box: Mailbox, ids: Sequence[str]) -> list[str]:
+def release_senders(box: Mailbox, senders: Sequence[str], whitelist: bool) -> list[str]:
+    """`pending release --sender S…`: everything held from those senders."""
+    with transaction(box.engine) as session:
+        now = box.now()
+        rows = _held_from_senders(session, box.owner, senders)
+        if not rows:
+            raise NotFound(f"nothing held from {', '.join(senders)}")
+        return _release_by_owner(box, session, rows, now, whitelist)
+
+
+def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> list[str]:
     """`pending delete`: the bytes go; the row stays (status deleted) so that a later
-    confirmation of it is recognised and dropped."""
+    confirmation of it is recognised and dropped. With `blacklist`, everything held from
+    those senders goes too and each is blacklisted (an exact entry; source "owner")."""
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
+        senders = list(dict.fromkeys(row.sender for row in rows))
+        if blacklist:
+            rows = _held_from_senders(session, box.owner, senders)
         for row in rows:
             pending.finish(session, row, pending.DELETED, now)
-            log.record_event(session, box.owner, now, "deleted", "", row.sender, row.id)
+            log.record_event(session, box.owner, now, "deleted", "", row.sender, row.id,
+                             OWNER_ACTOR)
+        if blacklist:
+            for sender in senders:
+                _list_sender(session, box.owner, policy.BLACK, sender, now, lists.OWNER_SOURCE)
         return [row.id for row in rows]
+
+
+# Release and accept by mail ---------------------------------------------------------------------
+
+def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Result:
+    """Mail to a release or accept address of the owner's digest: the same release as
+    `pending release` (accept: with --whitelist). Any sender may use it, since the token is
+    the secret. It acts once; afterwards, and for anything wrong, it changes nothing, sends
+    nothing and is dropped with the reason logged."""
+    try:
+        token_id, _ = tokens.parse(token)
+    except BadToken as error:
+        return _refuse(box, envelope, f"token_{error.reason}")
+    with transaction(box.engine) as session:
+        now = box.now()
+        pending.lock_owner(session, box.owner, now)
+        row = pending.get(session, box.owner, token_id)
+        reason = "token_unknown" if row is None else ""
+        if row is not None:
+            try:
+                tokens.verify(box.keys(), word, box.owner, token, row.sender, row.received_at,
+                              now, box.settings.confirm_ttl)
+            except BadToken as error:
+                reason = f"token_{error.reason}"
+        rows = [] if row is None or reason else _acted_on(session, box.owner, word, row)
+        if not reason and not rows:
+            reason = "token_used"
+        if reason:
+            log.record_event(session, box.owner, now, "dropped", reason, envelope.sender,
+                             row.id if row is not None else "", OWNER_ACTOR)
+            return Result(Outcome.DROPPED, f"{word} address: {reason}; dropped",
+                          row.id if row is not None else "", reason)
+        released = _release_by_owner(box, session, rows, now,
+                                     whitelist=word == addresses.ACCEPT_WORD)
+    return Result(Outcome.CONFIRMED, f"{word} by the owner: released {len(released)} "
+                  f"message(s): {' '.join(released)}", row.id if row else "")
+
+
+def _acted_on(session: Session, owner: str, word: str, row: Pending) -> list[Pending]:
+    """What a valid release or accept token still acts on; nothing once it has acted.
+
+    A release token names one message, still held. An accept token names the newest
+    message of its sender that the digest listed: it acts while that one or an earlier one
+    from the sender is still held, so once it has released them it reads as used.
+    """
+    if word == addresses.RELEASE_WORD:
+        return [row] if row.status == pending.HELD else []
+    earlier = [r for r in pending.held_from(session, owner, row.sender_key)
+               if r.received_at <= row.received_at]
+    return earlier[:1]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
 from crtool.store.models import Owner, Pending, PendingBody
@@ -77,18 +77,17 @@ class Page:
 
 
 def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
-         offset: int = 0) -> Page:
-    """Newest first, one page; the (owner, status, received_at) index serves it."""
+         offset: int = 0, where: Sequence[ColumnElement[bool]] = ()) -> Page:
+    """Newest first, one page, narrowed by the conditions in `where` (a reason, a sender,
+    new since the last digest); the (owner, status, received_at), (owner, status, reason,
+    received_at) and (owner, sender_key, status) indexes serve them."""
+    conditions = (Pending.owner == owner, Pending.status.in_(statuses), *where)
     rows = list(session.scalars(
-        select(Pending)
-        .where(Pending.owner == owner, Pending.status.in_(statuses))
+        select(Pending).where(*conditions)
         .order_by(Pending.received_at.desc(), Pending.id.desc())
         .limit(limit).offset(offset)
     ))
-    total = session.scalar(
-        select(func.count()).select_from(Pending)
-        .where(Pending.owner == owner, Pending.status.in_(statuses))
-    ) or 0
+    total = session.scalar(select(func.count()).select_from(Pending).where(*conditions)) or 0
     return Page(rows, total)
 
 
