@@ -205,6 +205,18 @@ def send(box: Mailbox, recipient: str | None = None) -> Sent:
     return Sent(digest_id, claimed, to)
 
 
+def due(box: Mailbox) -> bool:
+    """Whether `crtool serve` should mail a digest now: `digest_every` (0: never) has passed
+    since the last one that was sent, or, before the first, since the owner was set up.
+    Whether anything is new is `send`'s to find out."""
+    every = box.settings.digest_every
+    if every <= 0:
+        return False
+    with transaction(box.engine, write=False) as session:
+        last = digests.last_sent(session, box.owner) or digests.owner_since(session, box.owner)
+    return last is None or box.now() - last >= every
+
+
 def _claimed_by(owner: str, digest_id: str) -> Any:
     return (Pending.owner == owner) & (Pending.digest_id == digest_id) & \
         (Pending.status == "held")

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from crtool.store.models import Digest, Pending, PendingBody
+from crtool.store.models import Digest, Owner, Pending, PendingBody
 from crtool.store.pending import HELD
 
 QUEUED = "queued"
@@ -75,6 +75,11 @@ def last_sent(session: Session, owner: str) -> int | None:
     """When the newest digest that was sent was made, or None."""
     return session.scalar(select(func.max(Digest.created_at)).where(
         Digest.owner == owner, Digest.status == SENT))
+
+
+def owner_since(session: Session, owner: str) -> int | None:
+    """When the owner was set up (`init`), or None."""
+    return session.scalar(select(Owner.created_at).where(Owner.address == owner))
 
 
 def reason_counts(session: Session, condition: ColumnElement[bool]) -> dict[str, int]:
