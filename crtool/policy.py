@@ -307,6 +307,9 @@ DROP_REASONS: dict[str, str] = {
     "token_expired": "a token past `confirm_ttl`; if its message is still held, a fresh "
                      "challenge goes to the held message's sender, within the rate limits",
     "message_gone": "a valid token for a message the owner has deleted",
+    "token_used": "a valid release or accept token (from the owner's digest) whose messages "
+                  "are no longer held: it acted already, or they were released, deleted or "
+                  "expired",
 }
 
 
