@@ -158,11 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     digest = sub.add_parser(
         "digest", help="mail the owner what was held since the last digest",
-        description="Mail the owner (setting digest_to, default the address) one message "
-        "listing what was held since the last digest, grouped by reason: the newest "
-        "20 per reason, with a release address per message and an accept address per "
-        "sender (mail to them acts once and sends nothing back). Nothing new: nothing sent, "
-        "exit 0. `crtool serve` sends one every digest_every (default 1d).",
+        description="Mail the owner (setting digest_to, default the address) one message\n"
+        "listing what was held since the last digest, grouped by reason: the newest 20\n"
+        "per reason, with a release address per message and an accept address per\n"
+        "sender (mail to them acts once and sends nothing back). Nothing new: nothing\n"
+        "sent, exit 0. `crtool serve` sends one every digest_every (default 1d).",
         epilog="examples:\n  crtool digest\n  crtool digest --to me@elsewhere.test\n"
         "  crtool digest --json | jq '.[].subject'",
         formatter_class=argparse.RawDescriptionHelpFormatter)
