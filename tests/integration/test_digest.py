@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from email.message import EmailMessage
 
 from tests.support import Mailbox, message
@@ -208,3 +209,16 @@ def test_ten_thousand_held_stay_one_readable_mail(mailbox: Mailbox) -> None:
     assert "... and 970 more held for noreply_sender" in text
     assert text.index("list_headers") < text.index("noreply_sender") < text.index("challenged")
     assert len(text) < 40_000
+
+
+def test_release_address_of_an_expired_message_does_nothing(mailbox: Mailbox) -> None:
+    """Once its message is purged the address is unknown: nothing delivered, nothing sent."""
+    _hold_silently(mailbox, "news@list.test", "Weekly news")
+    (release,) = _addresses(_text(_digest(mailbox)), "release")
+    time.sleep(1.1)  # purge takes what was received before this second
+    mailbox.ok("pending", "purge", "--older-than", "0s")
+    result = mailbox.deliver(message("alice@example.test", "go"), "alice@example.test",
+                             recipient=release)
+    assert result.returncode == 99 and b"token_unknown" in result.stderr
+    assert mailbox.maildir_messages() == []
+    mailbox.outbox.drain(0)
