@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from crtool.addresses import normalize_address
@@ -63,12 +63,14 @@ def event_counts(session: Session, owner: str) -> dict[tuple[str, str], int]:
 
 
 def history(session: Session, owner: str, sender_keys: list[str], limit: int | None = None,
-            ) -> Iterator[Event]:
+            ) -> Iterator[Row[int, str, str, str, str, str]]:
     """Every event under these sender keys (an address and the list patterns that match
     it), oldest first, through the (owner, sender_key, at) index; streamed, so that a sender
     with many events does not fill memory."""
-    statement = (select(Event).where(Event.owner == owner, Event.sender_key.in_(sender_keys))
+    statement = (select(Event.at, Event.kind, Event.reason, Event.sender, Event.pending_id,
+                        Event.actor)
+                 .where(Event.owner == owner, Event.sender_key.in_(sender_keys))
                  .order_by(Event.at, Event.id).execution_options(yield_per=1000))
     if limit is not None:
         statement = statement.limit(limit)
-    yield from session.scalars(statement)
+    yield from session.execute(statement)
