@@ -328,12 +328,14 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
             row = pending.get(session, owner, args.id)
             if row is None:
                 raise NotFound(f"no message {args.id}")
+            if args.summary:
+                start = pending.head(session, row.id, SUMMARY_BYTES)
+                if start or row.status == pending.HELD:
+                    _print_summary(row, start)
+                    return EXIT_OK
             raw = pending.raw_bytes(session, row.id)
         if raw is None:
             raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
-        if args.summary:
-            _print_summary(row, raw)
-            return EXIT_OK
         sys.stdout.flush()
         sys.stdout.buffer.write(raw)
         sys.stdout.buffer.flush()
@@ -387,6 +389,7 @@ def _filters(owner: str, args: argparse.Namespace) -> list[Any]:
 
 
 SUMMARY_LINES = 8
+SUMMARY_BYTES = 64 * 1024
 
 
 def _print_summary(row: Any, raw: bytes) -> None:
@@ -404,7 +407,7 @@ def _print_summary(row: Any, raw: bytes) -> None:
     print(f"{'Sender:':9} {escape(row.sender or '<>')}")
     print(f"{'Held:':9} {_iso(row.received_at)} ({row.reason}), {row.size} bytes, {row.status}")
     print()
-    text = body[:8192].decode("utf-8", "replace")
+    text = body.decode("utf-8", "replace")
     for line in text.splitlines()[:SUMMARY_LINES]:
         print(escape(line.rstrip()))
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Sequence
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from crtool.store.models import Digest, Owner, Pending, PendingBody
-from crtool.store.pending import HELD
+from crtool.store.models import Digest, Owner, Pending
+from crtool.store.pending import HELD, head
 
 QUEUED = "queued"
 SENT = "sent"
@@ -121,8 +121,5 @@ def held_counts(session: Session, owner: str, sender_keys: Sequence[str]) -> dic
 
 def heads(session: Session, ids: Sequence[str], size: int) -> Iterator[tuple[str, bytes]]:
     """(id, the first `size` bytes) of held messages, for spotting a bounce of a digest."""
-    for start in range(0, len(ids), 500):
-        chunk = list(ids[start:start + 500])
-        yield from session.execute(
-            select(PendingBody.pending_id, func.substr(PendingBody.raw, 1, size))
-            .where(PendingBody.pending_id.in_(chunk))).tuples()
+    for pending_id in ids:
+        yield pending_id, head(session, pending_id, size)

@@ -63,6 +63,12 @@ def raw_bytes(session: Session, pending_id: str) -> bytes | None:
     return session.scalar(select(PendingBody.raw).where(PendingBody.pending_id == pending_id))
 
 
+def head(session: Session, pending_id: str, limit: int) -> bytes:
+    """At most the first `limit` bytes of a held message (b"" once its bytes are gone)."""
+    return session.scalar(select(func.substr(PendingBody.raw, 1, limit))
+                          .where(PendingBody.pending_id == pending_id)) or b""
+
+
 def finish(session: Session, row: Pending, status: str, now: int) -> None:
     """Mark a message released or deleted and drop its bytes: it has left the queue."""
     row.status = status
