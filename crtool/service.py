@@ -449,17 +449,16 @@ def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> lis
 # Release and accept by mail ---------------------------------------------------------------------
 
 def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Result:
-    """Mail to a release or accept address of the owner's digest: the same release as
-    `pending release` (accept: with --whitelist). Any sender may use it, since the token is
-    the secret. It acts once; afterwards, and for anything wrong, it changes nothing, sends
-    nothing and is dropped with the reason logged."""
+    """Mail to a release or accept address of the owner's digest: exactly `pending release
+    ID` (accept: `pending release ID --whitelist`), through `release_ids`. Any sender may use
+    it, since the token is the secret. It acts once; afterwards, and for anything wrong, it
+    changes nothing, sends nothing and is dropped with the reason logged."""
     try:
         token_id, _ = tokens.parse(token)
     except BadToken as error:
         return _refuse(box, envelope, f"token_{error.reason}")
-    with transaction(box.engine) as session:
+    with transaction(box.engine, write=False) as session:
         now = box.now()
-        pending.lock_owner(session, box.owner, now)
         row = pending.get(session, box.owner, token_id)
         reason = "token_unknown" if row is None else ""
         if row is not None:
@@ -468,18 +467,23 @@ def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Res
                               now, box.settings.confirm_ttl)
             except BadToken as error:
                 reason = f"token_{error.reason}"
-        rows = [] if row is None or reason else _acted_on(session, box.owner, word, row)
-        if not reason and not rows:
-            reason = "token_used"
-        if reason:
-            log.record_event(session, box.owner, now, "dropped", reason, envelope.sender,
-                             row.id if row is not None else "", OWNER_ACTOR)
-            return Result(Outcome.DROPPED, f"{word} address: {reason}; dropped",
-                          row.id if row is not None else "", reason)
-        released = _release_by_owner(box, session, rows, now,
-                                     whitelist=word == addresses.ACCEPT_WORD)
+        ids = [] if row is None or reason else [r.id for r in _acted_on(session, box.owner,
+                                                                        word, row)]
+    released: list[str] = []
+    if ids:
+        try:
+            released = release_ids(box, ids, whitelist=word == addresses.ACCEPT_WORD)
+        except NotFound:
+            pass  # released or deleted since the look above: the token has nothing to do
+    if not released:
+        reason = reason or "token_used"
+        pending_id = row.id if row is not None else ""
+        with transaction(box.engine) as session:
+            log.record_event(session, box.owner, box.now(), "dropped", reason, envelope.sender,
+                             pending_id, OWNER_ACTOR)
+        return Result(Outcome.DROPPED, f"{word} address: {reason}; dropped", pending_id, reason)
     return Result(Outcome.CONFIRMED, f"{word} by the owner: released {len(released)} "
-                  f"message(s): {' '.join(released)}", row.id if row else "")
+                  f"message(s): {' '.join(released)}", ids[0])
 
 
 def _acted_on(session: Session, owner: str, word: str, row: Pending) -> list[Pending]:
