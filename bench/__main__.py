@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import heads, memory
 from bench.homes import BLACKLISTED, CRTOOL, LISTED, PYTHON, Home, Server, listed_sender, make_home
 from bench.owner_view import HISTORY_SENDER, digest_run, history_home, spread_reasons
 from bench.proc import Run, Samples, spawn
@@ -186,6 +187,7 @@ def main() -> int:
     messages = 100 if args.quick else 2_000
     clock = time.perf_counter()
     load_before = os.getloadavg()
+    parser_figures = heads.measure(args.quick)
     root = Path(tempfile.mkdtemp(prefix="crtool-bench-"))
     servers: list[Server] = []
     try:
@@ -224,11 +226,15 @@ def main() -> int:
         tp_bare = rate(bare_job, messages, 10, budget)
         tp_served = rate(mixed(homes["tp_served"], small), messages, 10, budget)
         tp_inproc = rate(mixed(homes["tp_inproc"], small), messages, 10, budget)
+        print("peak memory by message size ...", flush=True)
+        by_size = memory.run(root, args.quick)
     finally:
         for server in servers:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
     results = report(samples, what, tp_bare, tp_inproc, tp_served, rounds)
+    results["memory_by_message_size"] = by_size
+    results["header_parser"] = parser_figures
     results["machine"] = {"cpus": os.cpu_count(), "load_before": load_before,
                           "load_after": os.getloadavg(), "python": sys.version.split()[0],
                           "list_sizes": [10, mid_list, big_list], "held": [1_000, many_held],

@@ -46,7 +46,7 @@ class Home:
         return self.home / "crtool.sock"
 
     def env(self, sender: str, recipient: str = OWNER) -> dict[str, str]:
-        """What qmail-local gives a program delivery from ~/.qmail (MTA.md)."""
+        """What qmail-local gives a program delivery from ~/.qmail (qmail-command(8))."""
         return {
             "PATH": QMAIL_PATH, "HOME": str(self.user_home), "USER": "alice",
             "SENDER": sender, "NEWSENDER": sender, "RECIPIENT": recipient,
@@ -93,7 +93,7 @@ def _hold(engine: object, count: int) -> None:
     from sqlalchemy import insert
 
     from crtool.store.engine import transaction
-    from crtool.store.models import Pending, PendingBody
+    from crtool.store.models import Pending, PendingChunk
 
     now = int(time.time())
     with transaction(engine) as session:  # type: ignore[arg-type]
@@ -105,8 +105,9 @@ def _hold(engine: object, count: int) -> None:
                 subject=f"message {pid}", message_id="", received_at=now - i, size=200,
                 digest=f"{pid:0>64}", mta="qmail", status="held", reason="challenged",
                 challenged_at=now - i) for i, pid in enumerate(ids, start)])
-            session.execute(insert(PendingBody), [
-                dict(pending_id=pid, owner=OWNER, raw=b"Subject: x\n\nbody\n") for pid in ids])
+            session.execute(insert(PendingChunk), [
+                dict(pending_id=pid, seq=0, owner=OWNER, data=b"Subject: x\n\nbody\n")
+                for pid in ids])
 
 
 class Server:

@@ -6,6 +6,7 @@ treated alike by the delivery path, the lists and the CLI. Pure functions only.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from crtool.errors import UsageError
@@ -35,6 +36,23 @@ def split_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+# RFC 5322 atext without "*" and "?", which crtool's patterns use as wildcards.
+_OWNER_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'+/=^_`{|}~-]+(\.[A-Za-z0-9!#$%&'+/=^_`{|}~-]+)*")
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def parse_owner_address(text: str) -> str:
+    """The owner's own address as given to `init`: a plain addr-spec (dot-atom local part of at
+    most 64 characters, a host name), or UsageError. A pattern such as `*@example.com` is
+    refused: every confirm address and every row is built from this one address."""
+    local, at, domain = text.rpartition("@")
+    if (not at or len(text) > MAX_ADDRESS or len(local) > 64
+            or not _OWNER_LOCAL.fullmatch(local)
+            or not all(_DOMAIN_LABEL.fullmatch(label) for label in domain.split("."))):
+        raise UsageError(f"not a plain address: {text!r} (use e.g. alice@example.test)")
+    return text
+
+
 def normalize_address(address: str) -> str:
     """The key of an address: lowercased whole, since local parts are compared without case."""
     local, domain = split_address(address)
@@ -59,10 +77,19 @@ class Pattern:
     def text(self) -> str:
         """How the owner sees it: bob@example.com, @example.com or *@*.example.com."""
         if self.kind == EXACT:
-            return self.key
+            # A sender whose local part is "*" (an exact entry a confirmation may add) is
+            # shown quoted, the same mailbox in RFC 5321, so that it reads back as exact.
+            return '"*"' + self.key[1:] if self.key.startswith("*@") else self.key
         if self.kind == DOMAIN:
             return self.key
         return "*@" + self.key
+
+
+def kind_of(key: str) -> str:
+    """The kind of a stored key: the three forms cannot be mistaken for each other."""
+    if key.startswith("*."):
+        return SUBDOMAINS
+    return DOMAIN if key.startswith("@") else EXACT
 
 
 def parse_pattern(text: str) -> Pattern:
@@ -86,6 +113,8 @@ def parse_pattern(text: str) -> Pattern:
             raise UsageError(f"not a pattern: {text!r}")
         return Pattern(DOMAIN, "@" + domain)
     local, domain = split_address(lowered)
+    if local == '"*"':
+        local = "*"  # "*"@example.com: the mailbox *, as Pattern.text shows it, not the domain
     # "*" is legal in a local part (RFC 5322 atext); only the domain forms use it as a wildcard.
     if not local or not _valid_domain(domain) or "*" in domain or "<" in local:
         raise UsageError(f"not a pattern: {text!r} (use bob@example.com, @example.com "
@@ -93,30 +122,123 @@ def parse_pattern(text: str) -> Pattern:
     return Pattern(EXACT, f"{local}@{domain}")
 
 
-def lookup_keys(address: str) -> list[str]:
-    """Every list key that would match `address`, most specific first.
+def exact_pattern(address: str) -> Pattern | None:
+    """The exact entry for an address as it arrived, never read as owner syntax: a sender
+    `*@evil.test` gets the exact key "*@evil.test", which matches that one sender and no
+    domain. None when the text has no local part or no plain domain, since its key could
+    then collide with a domain ("@x") or subdomain ("*.x") key or never match again."""
+    key = normalize_address(address)
+    local, domain = split_address(key)
+    if (not local or local.startswith("@") or not _valid_domain(domain) or "*" in domain
+            or len(key) > MAX_ADDRESS):
+        return None
+    return Pattern(EXACT, key)
+
+
+# Senders that rewrite their envelope address per message still name one person: BATV
+# (prvs=TAG=local@domain; Barracuda's btv1==TAG==local, Microsoft's msprvs1=TAG=local), SRS
+# (SRS0=HH=TT=domain=local@forwarder, SRS1=HH=forwarder==HH=TT=domain=local@forwarder2) and
+# sub-addresses (local+anything@domain). Gmail ignores dots in its local parts; no other
+# domain is assumed to (john.smith and johns.mith may be two people).
+_BATV_PREFIXES = ("prvs=", "msprvs1=", "btv1==")
+_SRS_PREFIXES = ("srs0", "srs1")
+DOTLESS_DOMAINS = frozenset({"gmail.com", "googlemail.com"})
+
+
+def _unbatv(local: str) -> str | None:
+    lowered = local.lower()
+    for prefix in _BATV_PREFIXES:
+        if lowered.startswith(prefix):
+            separator = "==" if prefix.endswith("==") else "="
+            tag, found, rest = local[len(prefix):].partition(separator)
+            if found and tag and rest:
+                return rest
+    return None
+
+
+def _unsrs(local: str) -> tuple[str, str] | None:
+    """(local, domain) of the original sender inside an SRS local part, or None."""
+    lowered = local.lower()
+    if lowered[:4] not in _SRS_PREFIXES or lowered[4:5] not in ("=", "+", "-"):
+        return None
+    rest = local[5:]
+    if lowered.startswith("srs1"):
+        # SRS1=HHH=first-forwarder==HHH=TT=domain=local: the part after "==" is an SRS0 body.
+        _, found, rest = rest.partition("==")
+        if not found:
+            return None
+    parts = rest.split("=", 3)
+    if len(parts) != 4 or not all(parts) or not _valid_domain(parts[2]) or "*" in parts[2]:
+        return None
+    return parts[3], parts[2]
+
+
+def unmangle(address: str, separators: str = "+") -> str:
+    """The person behind a BATV, SRS or sub-addressed envelope sender, lowercased:
+    "prvs=1234abcdef=Bob+news@X.test" -> "bob@x.test". Anything else comes back normalised.
+
+    The same person then gets one challenge per window and one whitelist look-up, whatever
+    tag his MTA or a forwarder added. `separators` is the owner's `subaddress_separators`.
+    """
+    local, domain = split_address(normalize_address(address))
+    if not local or not domain:
+        return normalize_address(address)
+    for _ in range(4):  # a forwarder may wrap an address that is itself tagged
+        inner = _unbatv(local)
+        if inner is not None:
+            local = inner
+            continue
+        original = _unsrs(local)
+        if original is None:
+            break
+        local, domain = original
+    for index, char in enumerate(local):
+        if char in separators and index > 0:
+            local = local[:index]
+            break
+    if domain in DOTLESS_DOMAINS and local.replace(".", ""):
+        local = local.replace(".", "")
+    return f"{local}@{domain}"
+
+
+def confirmed_pattern(address: str, separators: str = "+") -> Pattern | None:
+    """The exact entry a confirmation (or the owner's release) adds for a held sender.
+
+    The unmangled address when unmangling stays within the sender's own domain (BATV, a
+    sub-address, Gmail's dots): that domain delivered the challenge to the person, and the
+    next message will carry another tag. Across domains (SRS) the address as it arrived: a
+    forwarder's word about another domain proves nothing about who owns it there.
+    """
+    base = unmangle(address, separators)
+    if split_address(base)[1] == split_address(normalize_address(address))[1]:
+        return exact_pattern(base)
+    return exact_pattern(address)
+
+
+def domain_keys(domain: str) -> list[str]:
+    """The domain key and the subdomain keys that cover `domain`, most specific first."""
+    labels = domain.split(".")
+    return ["@" + domain] + ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]
+
+
+def lookup_keys(address: str, separators: str = "+") -> list[str]:
+    """Every list key that would match `address`, most specific first (policy ranks a match
+    by this order).
 
     For bob@a.b.example.com: the address itself, "@a.b.example.com", then the subdomain keys
-    "*.b.example.com", "*.example.com" and "*.com". A look-up is one indexed IN over these.
+    "*.b.example.com", "*.example.com" and "*.com". For a tagged sender
+    (prvs=TAG=bob+x@a.test) the address as it arrived comes first, so an exact entry for the
+    tagged form beats one for the person, then the unmangled "bob@a.test"; then the domain
+    keys of the envelope's own domain, then those of the unmangled one (they differ only for
+    SRS, whose envelope domain is the forwarder's). A look-up is one indexed IN over these.
     """
     key = normalize_address(address)
     local, domain = split_address(key)
     if not domain or not local:
         return []
-    keys = [key, "@" + domain]
-    labels = domain.split(".")
-    keys.extend("*." + ".".join(labels[i:]) for i in range(1, len(labels)))
-    return keys
-
-
-def specificity(key: str) -> int:
-    """How closely a stored key fits: an exact address beats any domain, a longer domain a
-    shorter one, and a domain itself beats the same suffix as a subdomain pattern."""
-    if key.startswith("@"):
-        return 2 * len(key)
-    if key.startswith("*."):
-        return 2 * len(key) - 3
-    return 10_000
+    base = unmangle(key, separators)
+    keys = [key, base, *domain_keys(domain), *domain_keys(split_address(base)[1])]
+    return list(dict.fromkeys(keys))
 
 
 def action_prefix(owner_address: str, delimiter: str, word: str = CONFIRM_WORD) -> str:

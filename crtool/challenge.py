@@ -3,32 +3,35 @@ around it with every header RFC 3834 asks of an automatic reply.
 
 Jinja2 is imported only when a challenge is actually rendered. Every value that came from the
 incoming message reaches the template already reduced to one clean line (message.clean_text),
-and the headers are set through the email package, which refuses CR and LF in a value.
+and the headers are written by crtool.headers, never by the email package, whose refolding
+writes a decoded CR or LF verbatim on some Python versions. Nothing the stranger wrote can make
+the challenge fail to build (`compose`): the hold it belongs to is never rolled back for it.
 """
 
 from __future__ import annotations
 
+import binascii
 import functools
 import re
+import secrets
 import time
-from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import default as default_policy
-from email.utils import formatdate, make_msgid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
-from crtool import addresses
+from crtool import addresses, headers
 from crtool.config import Settings
 from crtool.errors import TemporaryFailure
-from crtool.message import Facts, clean_text, decode_words
+from crtool.message import Facts, clean_text, is_msg_id
 from crtool.resources import shipped_dir
 
 TEMPLATE = "challenge.txt"
-EXCERPT_LINES = 4
 EXCERPT_WIDTH = 76
-SUBJECT_CAP = 120
-_POLICY = default_policy.clone(max_line_length=78)
+SUBJECT_CAP = 78  # how much of the original Subject a challenge shows
+NAME_CAP = 64
+SUBJECT_PREFIX = "Please confirm your message:"
+NO_RECIPIENT = "undisclosed-recipients:;"  # To: when the sender's address cannot be written
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,13 @@ class ChallengeContext:
     pending_id: str
 
 
-def excerpt(data: bytes, facts: Facts) -> tuple[str, ...]:
-    """A few lines from the start of a plain-text body, never the whole message; nothing for
-    encoded or multipart bodies, where the first bytes say nothing to a person."""
+def excerpt(data: bytes, facts: Facts, lines: int) -> tuple[str, ...]:
+    """At most `lines` lines from the start of a plain-text body, never the whole message;
+    nothing for encoded or multipart bodies, where the first bytes say nothing to a person.
+    The owner asks for them (`challenge_excerpt_lines`); by default a challenge, which may go to
+    a forged address, carries none of the held message's text."""
+    if lines <= 0:
+        return ()
     content_type = (facts.get("content-type") or "text/plain").lower()
     encoding = (facts.get("content-transfer-encoding") or "7bit").strip().lower()
     if not content_type.startswith("text/plain") or encoding not in ("7bit", "8bit", ""):
@@ -58,22 +65,23 @@ def excerpt(data: bytes, facts: Facts) -> tuple[str, ...]:
     if len(body) < 2:
         return ()
     text = body[1][:4096].decode("utf-8", "replace")
-    lines = [clean_text(line, EXCERPT_WIDTH) for line in text.splitlines()]
-    return tuple(line for line in lines if line)[:EXCERPT_LINES]
+    cleaned = [clean_text(line, EXCERPT_WIDTH) for line in text.splitlines()]
+    return tuple(line for line in cleaned if line)[:lines]
 
 
 def context_for(settings: Settings, sender: str, facts: Facts, data: bytes, token: str,
-                challenged_at: int, pending_id: str) -> ChallengeContext:
-    expires = challenged_at + settings.confirm_ttl
+                kept_until: int, pending_id: str) -> ChallengeContext:
+    """`kept_until`: when the held message expires and is deleted (the date the body states)."""
+    expires = kept_until
     return ChallengeContext(
         owner=settings.address,
         sender=sender,
         confirm_address=addresses.confirm_address(settings.address, settings.delimiter, token),
-        subject=clean_text(decode_words(facts.get("subject") or ""), SUBJECT_CAP),
+        subject=clean_text(facts.subject, SUBJECT_CAP),
         from_header=facts.from_header,
         date=facts.date,
         message_id=facts.message_id,
-        excerpt=excerpt(data, facts),
+        excerpt=excerpt(data, facts, settings.challenge_excerpt_lines),
         expires_at=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires)),
         pending_id=pending_id,
     )
@@ -137,25 +145,78 @@ def render(settings: Settings, context: ChallengeContext) -> str:
     return body
 
 
+def compose(settings: Settings, sender: str, facts: Facts, data: bytes, token: str,
+            challenged_at: int, pending_id: str) -> bytes:
+    """The challenge for one held message, as sendmail takes it.
+
+    Whatever the held message's text makes fail (in the template or in `build`), the challenge
+    is made again without any of it: the fixed subject, no threading headers, nothing quoted.
+    Only what fails even then (the owner's template, or an owner address that cannot be
+    written) is a TemporaryFailure: a broken environment.
+    """
+    # The held message is kept hold_ttl after its last challenge (store.pending.expired_ids).
+    kept_until = challenged_at + settings.hold_ttl
+    context = context_for(settings, sender, facts, data, token, kept_until, pending_id)
+    try:
+        return build(settings, context, render(settings, context), challenged_at)
+    except Exception:  # noqa: BLE001 - any failure: try once more with none of the stranger's text
+        plain = replace(context, subject="", from_header="", date="", message_id="",
+                        excerpt=())
+    try:
+        return build(settings, plain, render(settings, plain), challenged_at)
+    except TemporaryFailure:
+        raise
+    except Exception as error:  # noqa: BLE001 - what fails without his text is ours
+        raise TemporaryFailure(f"challenge cannot be built: {error}") from None
+
+
+def display_name(settings: Settings) -> str:
+    """From's display name, `"Alice (confirmation)"`: the config's `name`, else the address."""
+    name = clean_text(settings.name, NAME_CAP) or settings.address
+    return headers.phrase(f"{name} (confirmation)", NAME_CAP + 20)
+
+
 def build(settings: Settings, context: ChallengeContext, body: str, now: int) -> bytes:
-    """The whole challenge message, LF line ends, as sendmail takes it on stdin."""
-    subject = context.subject or "your message"
-    message = EmailMessage(policy=_POLICY)
-    message["From"] = context.confirm_address
-    message["Reply-To"] = context.confirm_address
-    # As an Address, so a local part such as "a:b" is quoted rather than read as a group.
-    local, domain = addresses.split_address(context.sender)
-    message["To"] = Address(username=local, domain=domain)
-    message["Subject"] = f"Please confirm your message: {subject}"
-    message["Date"] = formatdate(now, localtime=False, usegmt=True)
-    message["Message-ID"] = make_msgid("crtool", addresses.split_address(settings.address)[1])
-    message["Auto-Submitted"] = "auto-replied"
-    message["Precedence"] = "bulk"
-    message["X-Auto-Response-Suppress"] = "All"
-    message["X-Crtool-Challenge"] = context.pending_id
-    if context.message_id:
-        message["In-Reply-To"] = context.message_id
-        message["References"] = context.message_id
+    """The whole challenge message, LF line ends, as sendmail takes it on stdin.
+
+    Always the same header fields, In-Reply-To and References only when the original has a
+    valid Message-ID; each one clean line (crtool.headers). Raises ValueError when a value
+    cannot be written, which `compose` answers.
+    """
+    confirm = headers.addr_spec(context.confirm_address)
+    if confirm is None:
+        raise ValueError(f"the confirm address {context.confirm_address!r} cannot be written")
+    domain = addresses.split_address(confirm)[1]
+    own_id = f"<{now}.{secrets.token_hex(8)}.crtool@{domain}>"
+    # One recipient, given to sendmail apart from the message; To: only says who it is.
+    to = headers.addr_spec(context.sender) or NO_RECIPIENT
+    fields = [
+        ("From", [display_name(settings), f"<{confirm}>"]),
+        ("Reply-To", [confirm]),
+        ("To", [to]),
+        ("Subject", headers.unstructured(SUBJECT_PREFIX, context.subject or "your message",
+                                         SUBJECT_CAP)),
+        ("Date", [format_datetime(datetime.fromtimestamp(now, UTC))]),
+        ("Message-ID", [own_id]),
+        ("Auto-Submitted", ["auto-replied"]),
+        ("Precedence", ["bulk"]),
+        ("X-Auto-Response-Suppress", ["All"]),
+        ("X-Crtool-Challenge", [context.pending_id]),
+    ]
+    if is_msg_id(context.message_id):
+        fields += [("In-Reply-To", [context.message_id]), ("References", [context.message_id])]
+    text = body.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    content = text.encode("utf-8", "replace")
     # Quoted-printable only where needed: 8bit needs 8BITMIME on every hop.
-    message.set_content(body, cte="7bit" if body.isascii() else "quoted-printable")
-    return message.as_bytes()
+    if content.isascii() and b"\0" not in content and \
+            max(len(line) for line in content.split(b"\n")) <= headers.HARD_CAP:
+        encoding = "7bit"
+    else:
+        encoding, content = "quoted-printable", binascii.b2a_qp(content, istext=True)
+    fields += [("MIME-Version", ["1.0"]),
+               ("Content-Type", ['text/plain; charset="utf-8"']),
+               ("Content-Transfer-Encoding", [encoding])]
+    head = "".join(headers.field(name, words) for name, words in fields)
+    return head.encode("ascii") + b"\n" + content

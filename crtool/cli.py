@@ -11,6 +11,7 @@ import os
 import sys
 
 from crtool.errors import BadToken, NotFound, TemporaryFailure, UsageError
+from crtool.profiles import MTA_PROFILES as MTA_CHOICES
 
 # Without importing typing: deliver's client path starts faster without it.
 TYPE_CHECKING = False
@@ -28,7 +29,6 @@ EXIT_NOT_FOUND = 3
 EXIT_ENVIRONMENT = 4
 EX_TEMPFAIL = 75
 
-MTA_CHOICES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
 
 EXAMPLES = """\
 examples:
@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--sendmail", help="command that sends challenges")
     init.add_argument("--database-url", help="SQLAlchemy URL (default sqlite in HOME)")
     init.add_argument("--mta", choices=MTA_CHOICES, help="exit-code profile (default qmail)")
+    init.add_argument("--install", action="store_true",
+                      help="write ~/.qmail and ~/.qmail-default (qmail; the old ones kept as "
+                      "backups, their delivery lines after crtool's) or ~/.forward")
+    init.add_argument("--new-database", action="store_true",
+                      help="when the config exists but its database is gone: make an empty "
+                      "one instead of refusing (restoring a backup is better)")
 
     deliver = sub.add_parser(
         "deliver", help="the delivery agent the MTA runs for each message",
@@ -154,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="delete all held from those senders and blacklist them")
     purge = verbs.add_parser("purge", help="remove messages older than a duration")
     purge.add_argument("--older-than", default=None, metavar="DURATION",
-                       help="e.g. 14d (default confirm_ttl)")
+                       help="e.g. 14d (default hold_ttl)")
 
     digest = sub.add_parser(
         "digest", help="mail the owner what was held since the last digest",
@@ -205,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser(
         "doctor", help="check the installation; one line per problem",
         description="Check HOME (0700) and the key ring (0600, yours), the config, the database "
-        "(PRAGMA quick_check on SQLite, schema at the newest revision), sendmail and the "
-        "challenge template. Prints one line per problem; exit 0 when there is none, 4 when "
-        "there is any.")
+        "(PRAGMA quick_check on SQLite, schema at the newest revision), sendmail, the "
+        "challenge template, that ~/.qmail and ~/.qmail-default (or ~/.forward) run this "
+        "crtool first, and that no stale crtool.sock is left. Prints one line per problem; "
+        "exit 0 when there is none, 4 when there is any.")
     doctor.add_argument("--json", action="store_true", help="the problems as a JSON array")
     return parser
 
@@ -240,8 +247,12 @@ def _deliver(home: str, request: Request, debug: bool) -> int:
     there and it answers, else here, by the same code (delivery.handle), more slowly."""
     from crtool import client
 
-    stream = sys.stdin.buffer
     try:
+        if sys.stdin is None:
+            # Started with descriptor 0 closed (`<&-`): there is no message to read, which
+            # only a broken installation does; the MTA keeps the message and retries.
+            raise TemporaryFailure("stdin is closed: no message to read")
+        stream = sys.stdin.buffer
         reply = None
         if os.path.exists(os.path.join(home, client.SOCKET_NAME)):
             reply, stream = client.deliver(home, request, stream)
@@ -338,6 +349,23 @@ def run_doctor(args: argparse.Namespace) -> int:
     return EXIT_ENVIRONMENT if found else EXIT_OK
 
 
+def command_word(words: Sequence[str]) -> str | None:
+    """The command a command line names: the first word after the global options (`--home`
+    and its value, `--debug`, ...), or None. A word elsewhere, such as the pattern in
+    `whitelist add deliver`, names no command."""
+    position = 0
+    while position < len(words):
+        word = words[position]
+        if not word.startswith("-") or word == "-":
+            return word
+        if word == "--":
+            return words[position + 1] if position + 1 < len(words) else None
+        # --home takes a value (argparse also takes an unambiguous abbreviation of it).
+        takes_value = "=" not in word and len(word) > 3 and "--home".startswith(word)
+        position += 2 if takes_value else 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quick = _client_deliver(argv)
     if quick is not None:
@@ -348,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:
         code = int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_USAGE
         words = list(sys.argv[1:] if argv is None else argv)
-        if code != 0 and "deliver" in words:
+        if code != 0 and command_word(words) == "deliver":
             # A delivery line crtool cannot read is a broken installation, not a bad
             # message: the MTA must keep the message. 75 is a retry for qmail and Postfix
             # alike, where a usage error's 2 would bounce under Postfix.

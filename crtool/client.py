@@ -1,10 +1,11 @@
 """`crtool deliver` as a client of the resident server (`crtool serve`), like spamc to spamd.
 
-This module imports only the standard library, and of that only `os`, `socket` and `struct`
-(no dataclasses, no typing: each costs as much as starting the interpreter): a client that paid
-for SQLAlchemy, or for much else, would gain little from the server. It hands the server the
-envelope and the message's file descriptor; the server answers with the exit code and the
-stderr line, worked out by the same code (delivery.status, exits.py) as an in-process delivery.
+This module imports only the standard library, and of that only `os`, `socket`, `stat` and
+`struct` (no dataclasses, no typing: each costs as much as starting the interpreter): a client
+that paid for SQLAlchemy, or for much else, would gain little from the server. It hands the
+server the envelope and the message's file descriptor; the server answers with the exit code and
+the stderr line, worked out by the same code (delivery.status, exits.py) as an in-process
+delivery.
 
 Why the descriptor is passed (SCM_RIGHTS) rather than the bytes streamed: qmail hands a program
 delivery the message as a seekable file, so the server can read the header block straight from
@@ -12,7 +13,11 @@ it and never touch the body of a whitelisted 50 MB message, with no copy through
 The server reads with pread at an offset and never moves the shared file position, so if it
 dies, refuses or does not answer, this process still has its stdin exactly as it got it and
 delivers in-process. A pipe (Postfix, procmail) cannot be re-read, so its bytes are first
-copied into an unlinked file in HOME; both the server and the fallback read that copy.
+copied into an unlinked file in HOME; both the server and the fallback read that copy. Only a
+regular file is passed as it is: anything else (a device such as /dev/zero is seekable too) is
+copied like a pipe, and a copy that reaches SPOOL_CAP is not offered to the server at all: the
+delivery goes on in-process, from the copy and then the rest of stdin, where the configured
+max_message_size bounds it.
 
 Wire format, over an AF_UNIX SOCK_SEQPACKET socket (one packet each way, so no framing):
 request = MAGIC + offset + fields, each field "-" (absent) or "+" len(4) bytes; the server sends
@@ -23,11 +28,14 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import struct
+
+from crtool.profiles import MTA_PROFILES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import BinaryIO
+    from typing import Any, BinaryIO
 
 SOCKET_NAME = "crtool.sock"
 MAGIC = b"crtool/1\n"
@@ -44,6 +52,9 @@ ANSWER_TIMEOUT = 300.0
 ENVIRON_KEYS = (b"SENDER", b"RECIPIENT", b"DTLINE", b"RPLINE")
 _UCRED = struct.Struct("3i")
 _COPY_CHUNK = 1024 * 1024
+# The most of a pipe copied for the server: the server pays off for the many small messages;
+# a message larger than this is read on in-process, straight from the pipe.
+SPOOL_CAP = 64 * 1024 * 1024
 
 
 class ProtocolError(Exception):
@@ -128,7 +139,11 @@ def decode_request(data: bytes) -> tuple[Request, int]:
 
     environ = {key: value for key, value in zip(ENVIRON_KEYS, values[3:], strict=True)
                if value is not None}
-    return Request(mta=text(values[0]), sender=text(values[1]), recipient=text(values[2]),
+    mta = text(values[0])
+    if mta is not None and mta not in MTA_PROFILES:
+        # The command line only ever passes a known profile; anything else is not our client.
+        raise ProtocolError("unknown MTA profile")
+    return Request(mta=mta, sender=text(values[1]), recipient=text(values[2]),
                    environ=environ), offset
 
 
@@ -149,26 +164,59 @@ def peer_uid(connection: socket.socket) -> int:
     return int(_UCRED.unpack(raw)[1])
 
 
-def _seekable_offset(fd: int) -> int | None:
+def _file_offset(fd: int) -> int | None:
+    """The position in `fd` when it is a regular file (what qmail gives), else None: only a
+    regular file is passed to the server as it is, since only a file has an end of its own
+    (a device such as /dev/zero is seekable too, and endless)."""
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         return os.lseek(fd, 0, os.SEEK_CUR)
     except OSError:
         return None
 
 
-def _spool(source: BinaryIO, directory: str) -> BinaryIO:
-    """Copy a pipe into an unlinked file in `directory` (HOME, 0700), in bounded chunks.
+def _spool(source: BinaryIO, directory: str) -> tuple[BinaryIO, bool]:
+    """Copy a pipe into an unlinked file in `directory` (HOME, 0700), in bounded chunks, and
+    say whether the pipe ended within SPOOL_CAP bytes.
 
-    Side effect: drains `source`. The file vanishes when it is closed.
+    Side effect: drains `source` up to SPOOL_CAP. The file vanishes when it is closed.
     """
     import tempfile
 
     spool = tempfile.TemporaryFile(dir=directory)
-    while chunk := source.read(_COPY_CHUNK):
+    size = 0
+    complete = False
+    while size < SPOOL_CAP:
+        chunk = source.read(min(_COPY_CHUNK, SPOOL_CAP - size))
+        if not chunk:
+            complete = True
+            break
         spool.write(chunk)
+        size += len(chunk)
     spool.flush()
     spool.seek(0)
-    return spool
+    return spool, complete
+
+
+def _chain(first: BinaryIO, then: BinaryIO) -> BinaryIO:
+    """`first` to its end, then `then`: a pipe too long to spool, read on in-process."""
+    import io
+
+    class Chain(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            data = first.read(len(buffer)) or then.read(len(buffer))
+            buffer[:len(data)] = data
+            return len(data)
+
+        def close(self) -> None:
+            first.close()  # the copy; `then` (stdin) is the caller's
+            super().close()
+
+    return io.BufferedReader(Chain())
 
 
 def connect(path: str) -> socket.socket | None:
@@ -186,6 +234,23 @@ def connect(path: str) -> socket.socket | None:
     return sock
 
 
+def listening(path: str) -> bool:
+    """Whether a server takes connections at `path`, whoever runs it: False only when nothing
+    can (no socket file, or the kernel refuses: the server that made it is gone). It connects
+    and closes without a request, which a server takes as a probe and does not log."""
+    import errno
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.settimeout(ACK_TIMEOUT)
+        sock.connect(path)
+    except OSError as error:
+        return error.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    finally:
+        sock.close()
+    return True
+
+
 def deliver(home: str, request: Request,
             stdin: BinaryIO) -> tuple[tuple[int, str] | None, BinaryIO]:
     """Ask the server in `home` to deliver; returns its (exit code, stderr line), or None with
@@ -200,10 +265,14 @@ def deliver(home: str, request: Request,
         return None, stdin
     with sock:
         stream = stdin
-        offset = _seekable_offset(stdin.fileno())
+        offset = _file_offset(stdin.fileno())
         if offset is None:
-            stream = _spool(stdin, home)
+            stream, complete = _spool(stdin, home)
             offset = 0
+            if not complete:
+                # Larger than any message worth a copy: read on in-process, where
+                # max_message_size bounds it, with no second copy on disk.
+                return None, _chain(stream, stdin)
         try:
             answer = _exchange(sock, request, stream.fileno(), offset)
         except (OSError, ProtocolError, ValueError):

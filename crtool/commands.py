@@ -8,14 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
-from crtool import addresses
+from crtool import addresses, terminal
 from crtool.config import (
     CONFIG_NAME,
     Settings,
@@ -26,7 +26,6 @@ from crtool.config import (
     settings_from_mapping,
 )
 from crtool.errors import NotFound, UsageError
-from crtool.terminal import escape
 
 EXIT_OK = 0
 EXIT_NOT_LISTED = 1
@@ -69,38 +68,37 @@ def _iso(epoch: int | None) -> str | None:
 
 
 def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(terminal.json_text(value, indent=2) + "\n")
 
 
 # init -----------------------------------------------------------------------------------------
 
-def crtool_command() -> str:
-    """crtool's absolute path for the .qmail line: qmail runs it with a minimal PATH."""
-    script = Path(sys.executable).parent / "crtool"
-    if script.exists():
-        return str(script)
-    found = shutil.which("crtool")
-    return str(Path(found).resolve()) if found else f"{sys.executable} -m crtool"
-
-
 def init(home: Path, args: argparse.Namespace) -> int:
     """Create or update HOME; never touches an existing key. Side effects: HOME (0700),
-    config.toml, keys (0600), the database at the newest revision, the Maildir."""
+    config.toml, keys (0600), the database at the newest revision, the Maildir, and with
+    --install the MTA's files in the home directory.
+
+    Refuses a HOME that is a symbolic link or someone else's (private.py says why), and a HOME
+    whose config exists but whose database is gone: making an empty one would challenge every
+    whitelisted sender again, so that takes --new-database."""
     import tomllib
 
-    from crtool import maildir, tokens
+    from crtool import dotfiles, maildir, private, tokens
     from crtool.store import schema
     from crtool.store.engine import enable_wal, transaction
     from crtool.store.pending import lock_owner
 
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(home, 0o700)
+    private.prepare_home(home)
     config_path = home / CONFIG_NAME
+    existing = private.read_file(config_path)
     data: dict[str, Any] = {}
-    if config_path.exists():
-        with open(config_path, "rb") as handle:
-            data = tomllib.load(handle)
+    if existing is not None:
+        try:
+            data = tomllib.loads(existing.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise UsageError(f"config {config_path} is not valid TOML: {error}") from None
+    if args.address is not None:
+        addresses.parse_owner_address(args.address)
     given = {"address": args.address, "maildir": args.maildir, "sendmail": args.sendmail,
              "database_url": args.database_url, "mta": args.mta}
     data.update({k: v for k, v in given.items() if v is not None})
@@ -109,11 +107,17 @@ def init(home: Path, args: argparse.Namespace) -> int:
     if args.maildir:
         data["maildir"] = str(Path(args.maildir).expanduser().absolute())
     try:
-        addresses.parse_pattern(data["address"])
         settings = settings_from_mapping(home, data)
-    except (ValueError, UsageError) as error:
+        text = render_config(settings)
+    except ValueError as error:
         raise UsageError(str(error)) from None
-    _write_atomic(config_path, render_config(settings), 0o600)
+    if existing is not None and not args.new_database and _database_is_gone(settings):
+        raise UsageError(
+            f"{config_path} exists but its database {_database_name(settings)} is missing or "
+            "empty: restore the database from a backup; 'crtool init --new-database' makes an "
+            "empty one, and every sender would be challenged again")
+    if args.install:
+        dotfiles.deliver_command(settings)  # refuses a path no line can hold, before writing
 
     if not settings.keys_path.exists():
         tokens.write_keys(settings.keys_path, tokens.new_ring(_now()))
@@ -122,41 +126,52 @@ def init(home: Path, args: argparse.Namespace) -> int:
     schema.upgrade(engine)
     with transaction(engine) as session:
         lock_owner(session, settings.owner, _now())
+    engine.dispose()
+    private.replace_file(config_path, text.encode("utf-8"))
     maildir.ensure(settings.maildir)
 
-    command = crtool_command()
-    home_flag = "" if home == Path(os.environ.get("HOME", str(Path.home()))) / ".crtool" \
-        else f" --home {home}"
     print(f"crtool is set up in {home} for {settings.address}.")
     print(f"Database: {settings.database_url}\nMaildir:  {settings.maildir}\n")
+    if args.install:
+        for line in dotfiles.install(settings):
+            print(line)
+        return EXIT_OK
+    # Printed at column 0 and nothing else on the lines: qmail reads a line that starts with a
+    # space as an address to forward to, so an indented copy would bounce every message.
     if settings.mta == "qmail":
-        box = _relative_maildir(settings.maildir)
-        print("Install for qmail, in both ~/.qmail and ~/.qmail-default (the bare address and")
-        print("every extension, confirm addresses included):")
-        print(f"  |{command}{home_flag} deliver")
-        print(f"  {box}")
+        print("Put these two lines, exactly as they are, into both ~/.qmail and "
+              "~/.qmail-default\n(or run 'crtool init --install', which does it):\n")
+        print("\n".join(dotfiles.qmail_lines(settings)))
     else:
-        print("Install for Postfix (or another sysexits MTA), in ~/.forward:")
-        print(f'  "|{command}{home_flag} deliver --mta {settings.mta}"')
+        print("Put this line into ~/.forward (or run 'crtool init --install'):\n")
+        print(dotfiles.forward_line(settings))
     return EXIT_OK
 
 
-def _relative_maildir(path: Path) -> str:
-    home = Path(os.environ.get("HOME", str(Path.home())))
+def _database_name(settings: Settings) -> str:
+    from crtool.store.engine import sqlite_path
+
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        return str(path)
+    from sqlalchemy import make_url
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def _database_is_gone(settings: Settings) -> bool:
+    """No database at the configured place, or one without crtool's tables."""
+    from crtool.store import schema
+    from crtool.store.engine import sqlite_path
+
+    path = sqlite_path(settings.database_url)
+    if path is not None and not path.exists():
+        return True
+    engine = _engine(settings)
     try:
-        return "./" + str(path.relative_to(home)).rstrip("/") + "/"
-    except ValueError:
-        return str(path).rstrip("/") + "/"
-
-
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+        return schema.current(engine) is None
+    finally:
+        engine.dispose()
 
 
 # whitelist / blacklist ------------------------------------------------------------------------
@@ -193,10 +208,11 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.verb == "check":
         with transaction(engine, write=False) as session:
-            found = [key for name, key in lists.matches(session, owner, args.address)
+            keys = addresses.lookup_keys(args.address, settings.subaddress_separators)
+            found = [key for name, key in lists.matches(session, owner, keys)
                      if name == list_name]
         if found:
-            best = max(found, key=addresses.specificity)
+            best = min(found, key=keys.index)
             print(f"listed: {args.address} (matches {_shown(best)})")
             return EXIT_OK
         print(f"not listed: {args.address}")
@@ -223,9 +239,7 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _shown(key: str) -> str:
-    if key.startswith("*."):
-        return "*@" + key
-    return key
+    return addresses.Pattern(addresses.kind_of(key), key).text
 
 
 def _stream_json_array(items: Iterator[dict[str, Any]]) -> None:
@@ -316,9 +330,9 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{'ID':8}  {'RECEIVED (UTC)':16}  {'STATUS':8}  {'WHY':19}  {'SENDER':30}  SUBJECT")
         for item in items:
             received = (item["received_at"] or "")[:16].replace("T", " ")
-            sender = escape(item["sender"] or "<>")
+            sender = terminal.shown(item["sender"] or "<>", 30)
             print(f"{item['id']:8}  {received:16}  {item['status']:8}  {item['reason'][:19]:19}  "
-                  f"{sender[:30]:30}  {escape(item['subject'])[:60]}")
+                  f"{sender:30}  {terminal.shown(item['subject'], 60)}")
         shown = args.offset + len(items)
         if shown < page.total:
             print(f"({page.total - shown} more: --offset {shown})")
@@ -328,17 +342,18 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
             row = pending.get(session, owner, args.id)
             if row is None:
                 raise NotFound(f"no message {args.id}")
+            if not pending.has_bytes(session, row.id):
+                raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
             if args.summary:
-                start = pending.head(session, row.id, SUMMARY_BYTES)
-                if start or row.status == pending.HELD:
-                    _print_summary(row, start)
-                    return EXIT_OK
-            raw = pending.raw_bytes(session, row.id)
-        if raw is None:
-            raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
-        sys.stdout.flush()
-        sys.stdout.buffer.write(raw)
-        sys.stdout.buffer.flush()
+                _print_summary(row, pending.head(session, row.id, SUMMARY_BYTES))
+                return EXIT_OK
+            # Piece by piece, inside one read transaction: a large message is never whole in
+            # memory, and a release meanwhile cannot cut it short.
+            sys.stdout.flush()
+            with closing(pending.chunks(session, row.id)) as pieces:
+                for piece in pieces:
+                    sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.flush()
         return EXIT_OK
     if args.verb == "release":
         if not args.ids and not args.sender:
@@ -356,20 +371,15 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     # purge
     try:
-        age = parse_duration(args.older_than) if args.older_than else settings.confirm_ttl
+        age = parse_duration(args.older_than) if args.older_than else settings.hold_ttl
     except ValueError as error:
         raise UsageError(str(error)) from None
-    engine = _engine(settings)
-    before = _now() - age
+    box = _mailbox(settings)
     total = 0
-    while True:
-        # Small batches, each its own transaction, so deliveries never wait long for the lock.
-        with transaction(engine) as session:
-            removed = pending.purge_batch(session, owner, before, 500)
+    # Small batches, each its own transaction, so deliveries never wait long for the lock.
+    while removed := service.purge_expired(box, age, 500):
         total += removed
-        if removed == 0:
-            break
-    print(f"purged: {total} messages older than {args.older_than or 'confirm_ttl'}")
+    print(f"purged: {total} messages older than {args.older_than or 'hold_ttl'}")
     return EXIT_OK
 
 
@@ -403,13 +413,13 @@ def _print_summary(row: Any, raw: bytes) -> None:
     facts = parse_head(head + b"\n\n")
     for name in ("From", "To", "Subject", "Date"):
         value = decode_words(facts.get(name) or "")
-        print(f"{name + ':':9} {escape(' '.join(value.split()))}")
-    print(f"{'Sender:':9} {escape(row.sender or '<>')}")
+        print(f"{name + ':':9} {terminal.shown(' '.join(value.split()))}")
+    print(f"{'Sender:':9} {terminal.shown(row.sender or '<>')}")
     print(f"{'Held:':9} {_iso(row.received_at)} ({row.reason}), {row.size} bytes, {row.status}")
     print()
     text = body.decode("utf-8", "replace")
     for line in text.splitlines()[:SUMMARY_LINES]:
-        print(escape(line.rstrip()))
+        print(terminal.shown(line.rstrip()))
 
 
 # digest, check, history -----------------------------------------------------------------------
@@ -438,7 +448,7 @@ def check_command(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(found)
         return EXIT_OK
-    print(f"{escape(args.address)}: {found['verdict']}")
+    print(f"{terminal.shown(args.address)}: {found['verdict']}")
     print(f"  because: {found['why']}")
     return EXIT_OK
 
@@ -460,11 +470,11 @@ def history_command(settings: Settings, args: argparse.Namespace) -> int:
     for event in events:
         shown += 1
         by = f" by {event['by']}" if event["by"] else ""
-        why = f" ({escape(event['reason'])})" if event["reason"] else ""
+        why = f" ({terminal.shown(event['reason'])})" if event["reason"] else ""
         what = f" {event['pending_id']}" if event["pending_id"] else ""
         print(f"{event['at'][:16].replace('T', ' ')}  {event['kind']}{what}{why}{by}")
     if not shown:
-        print(f"nothing recorded about {escape(args.sender)}")
+        print(f"nothing recorded about {terminal.shown(args.sender)}")
     print(f"now: {now['verdict']} ({now['why']})")
     return EXIT_OK
 
@@ -476,7 +486,8 @@ def db_command(settings: Settings, args: argparse.Namespace) -> int:
     from crtool.store.engine import enable_wal
 
     if args.verb == "upgrade":
-        engine = _engine(settings, create=True)
+        # Never creates a SQLite file: a missing one is to be restored (see init).
+        engine = _engine(settings)
         enable_wal(engine)
         schema.upgrade(engine)
         print(f"database at revision {schema.current(engine)}")

@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from crtool.errors import TemporaryFailure
+from crtool.profiles import MTA_PROFILES
 
 CONFIG_NAME = "config.toml"
 KEYS_NAME = "keys"
 DATABASE_NAME = "crtool.db"
 
-MTA_PROFILES = ("qmail", "postfix", "exim", "sendmail", "procmail", "dovecot")
 DELIVERY_MODES = ("continue", "maildir")
 BLACKLIST_ACTIONS = ("drop", "bounce")
+
+# Far above what any MTA passes by default (Postfix 10 MB, Exim 50 MB) and above SQLite's 1 GB
+# limit on one value, so real mail is held; finite, so /dev/zero on stdin is not read forever.
+DEFAULT_MAX_MESSAGE_SIZE = 2 * 1024 * 1024 * 1024
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -71,6 +75,8 @@ class Settings:
     delimiter: str = "-"
     blacklist_action: str = "drop"
     confirm_ttl: int = 14 * 86400
+    # How long a held message is kept; 0 means as long as its token is valid (confirm_ttl).
+    hold_ttl: int = 0
     challenge_limit: int = 1
     challenge_window: int = 86400
     challenge_global_limit: int = 30
@@ -81,6 +87,15 @@ class Settings:
     # `crtool serve` sends one (0 = never; cron can run `crtool digest` instead).
     digest_to: str = ""
     digest_every: int = 86400
+    # Bytes; a longer stream is a broken environment, not a message (envelope.RawMessage).
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    subaddress_separators: str = "+"
+    name: str = ""  # the owner's name, shown in the challenge's From (else the address)
+    challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
+
+    def __post_init__(self) -> None:
+        if self.hold_ttl <= 0:
+            object.__setattr__(self, "hold_ttl", self.confirm_ttl)
 
     @property
     def keys_path(self) -> Path:
@@ -96,15 +111,19 @@ class Settings:
         return self.address.lower()
 
 
-_DURATIONS = {"confirm_ttl", "challenge_window", "sendmail_timeout", "database_timeout",
-              "digest_every"}
-_INTEGERS = {"challenge_limit", "challenge_global_limit"}
+_DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
+              "database_timeout", "digest_every"}
+_INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
+             "challenge_excerpt_lines"}
+# A challenge quotes a short excerpt at most, never the message.
+MAX_EXCERPT_LINES = 20
 _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
 }
-_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id", "digest_to"}
+_STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
+            "subaddress_separators", "name", "digest_to"}
 
 
 def default_database_url(home: Path) -> str:
@@ -137,6 +156,8 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
             if not isinstance(value, str):
                 raise ValueError(f"setting {name!r} must be a string")
             values[name] = value
+    if values.get("max_message_size", 1) < 1:
+        raise ValueError("setting 'max_message_size' must be at least 1 (bytes)")
     from crtool.addresses import split_address
 
     local, domain = split_address(values["address"])
@@ -145,8 +166,19 @@ def settings_from_mapping(home: Path, data: dict[str, Any]) -> Settings:
     delimiter = values.get("delimiter", "-")
     if len(delimiter) != 1 or delimiter.isalnum() or delimiter in "@ \t":
         raise ValueError("setting 'delimiter' must be one punctuation character such as '-'")
+    separators = values.get("subaddress_separators", "+")
+    if any(c.isalnum() or c.isspace() or c in '@."\\<>=' or not c.isprintable()
+           for c in separators):
+        raise ValueError("setting 'subaddress_separators' must be punctuation characters "
+                         "such as '+' (not '@', '.', '=' or quotes)")
+    if values.get("challenge_excerpt_lines", 0) > MAX_EXCERPT_LINES:
+        raise ValueError(f"setting 'challenge_excerpt_lines' must be at most {MAX_EXCERPT_LINES}")
     values.setdefault("maildir", Path.home() / "Maildir")
     values.setdefault("database_url", default_database_url(home))
+    if "hold_ttl" in values and not 0 < values["hold_ttl"] <= values.get(
+            "confirm_ttl", Settings.confirm_ttl):
+        # Longer would keep messages whose tokens no longer confirm them.
+        raise ValueError("setting 'hold_ttl' must be more than 0s and at most confirm_ttl")
     if values.get("mta", "qmail") != "qmail":
         # A .forward has no "next line": under a sysexits MTA crtool delivers what it accepts.
         values["delivery"] = "maildir"
@@ -177,6 +209,8 @@ def with_mta(settings: Settings, mta: str | None) -> Settings:
     """The settings with the MTA profile of the command line, which beats the config."""
     if mta is None or mta == settings.mta:
         return settings
+    if mta not in MTA_PROFILES:
+        raise TemporaryFailure(f"unknown MTA profile {mta[:40]!r}")
     delivery = settings.delivery if mta == "qmail" else "maildir"
     return replace(settings, mta=mta, delivery=delivery)
 
@@ -188,11 +222,33 @@ def resolve_home(cli_home: str | None, environ: os._Environ[str] | dict[str, str
     return Path(resolve(cli_home, environ))
 
 
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def toml_string(value: str) -> str:
+    """`value` as a TOML basic string that reads back as exactly `value`: quotes, backslashes
+    and every control character escaped, so no value can end its line and start a setting of
+    its own. ValueError for text that is not Unicode (undecodable bytes from the command line)."""
+    out = []
+    for char in value:
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"not valid UTF-8 text: {value!r}")
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif char < " " or char == "\x7f":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def render_config(settings: Settings) -> str:
     """config.toml text for `init`: every setting written out, commented, so the owner sees them."""
 
-    def q(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    q = toml_string
+
+    # Written commented out while it equals confirm_ttl, so that it follows confirm_ttl.
+    hold = "# " if settings.hold_ttl == settings.confirm_ttl else ""
 
     return f"""\
 # crtool settings. Durations take s, m, h, d or w. See etc/config.toml for every option.
@@ -208,6 +264,8 @@ delimiter = {q(settings.delimiter)}
 # "drop" (silently, the default) or "bounce" (exit code for a permanent failure)
 blacklist_action = {q(settings.blacklist_action)}
 confirm_ttl = "{format_duration(settings.confirm_ttl)}"
+# How long a held message is kept (at most confirm_ttl, its default).
+{hold}hold_ttl = "{format_duration(settings.hold_ttl)}"
 challenge_limit = {settings.challenge_limit}
 challenge_window = "{format_duration(settings.challenge_window)}"
 challenge_global_limit = {settings.challenge_global_limit}
@@ -216,6 +274,16 @@ sendmail_timeout = "{format_duration(settings.sendmail_timeout)}"
 database_timeout = "{format_duration(settings.database_timeout)}"
 # The authserv-id your own MTA writes in Authentication-Results; empty trusts none.
 authserv_id = {q(settings.authserv_id)}
+# Bytes. A longer message on stdin is taken for a broken environment (such as /dev/zero) and
+# the MTA is asked to retry; raise it if you receive larger mail.
+max_message_size = {settings.max_message_size}
+# Characters that start a sub-address (bob+news@example.com is bob@example.com); "" for none.
+subaddress_separators = {q(settings.subaddress_separators)}
+# Your name in the challenge's From ("Alice (confirmation)"); empty shows the address.
+name = {q(settings.name)}
+# Lines of a held message's body quoted in its challenge (0 to 20); the challenge may go to a
+# forged address, so the default quotes none.
+challenge_excerpt_lines = {settings.challenge_excerpt_lines}
 # The digest of held mail: its recipient ("" for the address above), and how often
 # `crtool serve` mails one ("0" never; `crtool digest` from cron works as well).
 digest_to = {q(settings.digest_to)}

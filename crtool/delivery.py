@@ -38,7 +38,7 @@ class Answer:
 
 
 def status(answer: Answer) -> tuple[int, str]:
-    """The exit code and the stderr line ("" for none) for an Answer (DESIGN §2)."""
+    """The exit code and the stderr line ("" for none) for an Answer (contract §2)."""
     outcome = Outcome(answer.outcome)
     if answer.mta == "sysexits":
         code = 75 if outcome is Outcome.TEMPFAIL else exits.code(outcome, "postfix")
@@ -51,7 +51,8 @@ def status(answer: Answer) -> tuple[int, str]:
 
 def failure(request: Request, error: BaseException) -> Answer:
     """A delivery that broke before `handle` could say anything: a retry."""
-    return Answer(guess_mta(request), Outcome.TEMPFAIL.value, describe(error))
+    detail = str(error) if isinstance(error, TemporaryFailure) else describe(error)
+    return Answer(guess_mta(request), Outcome.TEMPFAIL.value, detail)
 
 
 class Resources(Protocol):
@@ -129,22 +130,25 @@ def handle(home: Path, request: Request, stream: BinaryIO, resources: Resources,
     try:
         from crtool.config import with_mta
         from crtool.envelope import Envelope, RawMessage
+        from crtool.message import parse_head
 
         settings = with_mta(resources.settings(home), request.mta)
         mta = settings.mta
         envelope = Envelope.from_environ(request.environ, request.sender, request.recipient)
-        raw = RawMessage.read(stream, strip_from_line=mta != "qmail")
+        raw = RawMessage.read(stream, strip_from_line=mta != "qmail",
+                              limit=settings.max_message_size)
+        facts = parse_head(raw.head)  # once per delivery: both paths read these
         if fast:
             from crtool import fastpath
 
-            key = fastpath.whitelisted(settings, envelope, raw)
+            key = fastpath.whitelisted(settings, envelope, facts)
             if key is not None:
                 outcome, detail = fastpath.accept(settings, envelope, raw, key)
                 fastpath.count_delivery(settings.home)
                 return Answer(mta, outcome.value, detail)
         from crtool import service
 
-        result = service.deliver(resources.mailbox(settings), envelope, raw)
+        result = service.deliver(resources.mailbox(settings), envelope, raw, facts)
         outcome, detail = result.outcome, result.detail
     except TemporaryFailure as error:
         outcome, detail = Outcome.TEMPFAIL, str(error)

@@ -36,7 +36,7 @@ from crtool.message import clean_text, decode_words
 from crtool.store import digests
 from crtool.store.engine import transaction
 from crtool.store.models import Pending
-from crtool.terminal import escape
+from crtool.terminal import shown
 
 if TYPE_CHECKING:
     from crtool.service import Mailbox
@@ -96,7 +96,7 @@ class Report:
 
 def safe(text: str, cap: int = 200) -> str:
     """A stranger's text as one visible line: control and bidi characters escaped."""
-    return escape(clean_text(decode_words(text), cap * 4))[:cap]
+    return shown(clean_text(decode_words(text), cap * 4), cap)
 
 
 def _iso(epoch: int) -> str:

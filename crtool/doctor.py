@@ -56,13 +56,21 @@ def check_database(settings: Settings) -> Iterator[str]:
     from sqlalchemy import text
 
     from crtool.store import schema
-    from crtool.store.engine import make_engine
+    from crtool.store.engine import make_engine, sqlite_path
 
     try:
         engine = make_engine(settings.database_url, timeout=settings.database_timeout)
     except TemporaryFailure as error:
         yield str(error)
         return
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            mode = 0  # what cannot be examined is reported below, when SQLite cannot open it
+        if mode & 0o077:
+            yield f"database {path} has mode {mode:o}: it holds mail; chmod 600 it"
     try:
         if engine.dialect.name == "sqlite":
             with engine.connect() as connection:
@@ -114,6 +122,29 @@ def check_template(settings: Settings) -> Iterator[str]:
         yield str(error)
 
 
+def check_socket(home: Path) -> Iterator[str]:
+    """A crtool.sock no server answers on is left from a `crtool serve` that died: each
+    delivery then tries it before doing the work itself."""
+    from crtool.client import SOCKET_NAME, listening
+
+    path = home / SOCKET_NAME
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        yield f"{path} is not a socket; remove it"
+    elif not listening(str(path)):
+        yield (f"{path} is stale: no crtool serve answers on it; start crtool serve or "
+               "remove the file")
+
+
+def check_dotfiles(settings: Settings) -> Iterator[str]:
+    from crtool import dotfiles
+
+    yield from dotfiles.problems(settings)
+
+
 def problems(home: Path) -> list[str]:
     """Every problem found, in the order a delivery would meet them."""
     found = list(check_home(home))
@@ -127,6 +158,8 @@ def problems(home: Path) -> list[str]:
     found.extend(check_database(settings))
     found.extend(check_sendmail(settings))
     found.extend(check_template(settings))
+    found.extend(check_dotfiles(settings))
+    found.extend(check_socket(settings.home))
     return found
 
 

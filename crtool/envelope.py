@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -18,7 +18,10 @@ from crtool.errors import TemporaryFailure
 # How much of the message is read before deciding anything: the header block, up to this cap.
 # The rest stays in the pipe until a branch needs it, so a whitelisted 50 MB message costs little.
 HEAD_CAP = 256 * 1024
-CHUNK = 1024 * 1024
+CHUNK = 256 * 1024
+# How much of the start of a message a challenge may read (the header block and a little of
+# the body): kept while the message streams into the store, so nothing reads it back.
+START_CAP = HEAD_CAP + 64 * 1024
 # An envelope value longer than this is hostile; it is kept for the digest, cut for storage.
 STORED_CAP = 320
 
@@ -101,16 +104,21 @@ class RawMessage:
     """The message bytes: the head (header block, capped) read now, the rest left in the pipe.
 
     The bytes are never altered, except that the mbox `From ` line a sysexits MTA (Postfix)
-    puts first is removed, as DESIGN §7a asks.
+    puts first is removed, as contract §8 says. They are read once, as a stream (`chunks`), so
+    a message of any size costs the same memory; `limit` bounds that stream (see `chunks`).
     """
 
-    def __init__(self, head: bytes, rest: BinaryIO | None) -> None:
+    def __init__(self, head: bytes, rest: BinaryIO | None, limit: int | None = None) -> None:
         self.head = head
         self._rest = rest
         self._whole: bytes | None = None if rest is not None else head
+        self._limit = limit
+        # The first START_CAP bytes, kept while `chunks` streams past: all a challenge reads.
+        self.start = head[:START_CAP]
 
     @classmethod
-    def read(cls, stream: BinaryIO, strip_from_line: bool = False) -> RawMessage:
+    def read(cls, stream: BinaryIO, strip_from_line: bool = False,
+             limit: int | None = None) -> RawMessage:
         """Read the header block (up to HEAD_CAP) from `stream`; side effect: consumes it."""
         parts: list[bytes] = []
         size = 0
@@ -118,49 +126,66 @@ class RawMessage:
         while size < HEAD_CAP:
             line = stream.readline(HEAD_CAP - size)
             if not line:
-                return cls(b"".join(parts), None)
+                return cls(b"".join(parts), None, limit)
             if first and strip_from_line and line.startswith(b"From "):
                 first = False
                 while not line.endswith(b"\n"):
                     line = stream.readline(CHUNK)
                     if not line:
-                        return cls(b"".join(parts), None)
+                        return cls(b"".join(parts), None, limit)
                 continue
             first = False
             parts.append(line)
             size += len(line)
             if line in (b"\n", b"\r\n"):
                 break
-        return cls(b"".join(parts), stream)
+        return cls(b"".join(parts), stream, limit)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RawMessage:
         return cls(data, None)
 
-    def whole(self) -> bytes:
-        """All the bytes; side effect: drains the pipe the first time."""
-        if self._whole is None:
-            rest = self._rest.read() if self._rest is not None else b""
-            self._whole = self.head + rest
-            self._rest = None
-        return self._whole
-
     def chunks(self) -> Iterator[bytes]:
-        """The bytes in pieces of at most CHUNK, without holding the whole body in memory."""
+        """The bytes in pieces of at most CHUNK, never the whole body in memory; once only
+        (side effect: drains the pipe).
+
+        Raises TemporaryFailure when the stream runs past `limit` (config max_message_size):
+        a stream that long is no message an MTA handed over but a broken environment (such as
+        /dev/zero on stdin). Cutting it and holding the start would lose a real message's
+        end, and exit "done" would let the MTA delete it; a retry loses nothing.
+        """
         if self._whole is not None:
             yield self._whole
             return
         yield self.head
+        size = len(self.head)
         while self._rest is not None and (chunk := self._rest.read(CHUNK)):
+            size += len(chunk)
+            if self._limit is not None and size > self._limit:
+                self._rest = None
+                raise TemporaryFailure(f"the message is larger than max_message_size "
+                                       f"({self._limit} bytes): not read to its end")
+            if len(self.start) < START_CAP:
+                self.start += chunk[:START_CAP - len(self.start)]
             yield chunk
         self._rest = None
 
 
-def digest(owner: str, envelope: Envelope, data: bytes) -> str:
-    """The identity of one delivery attempt, so a retry after a crash never holds twice."""
-    h = hashlib.sha256()
-    for part in (owner, envelope.sender, envelope.recipient):
-        encoded = part.encode("utf-8", "surrogateescape")
-        h.update(len(encoded).to_bytes(4, "big") + encoded)
-    h.update(data)
-    return h.hexdigest()
+class Fingerprint:
+    """`digest` computed while the bytes stream past (`through`), so the message need not be
+    whole in memory to be identified."""
+
+    def __init__(self, owner: str, envelope: Envelope) -> None:
+        self._hash = hashlib.sha256()
+        for part in (owner, envelope.sender, envelope.recipient):
+            encoded = part.encode("utf-8", "surrogateescape")
+            self._hash.update(len(encoded).to_bytes(4, "big") + encoded)
+
+    def through(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._hash.update(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+

@@ -1,10 +1,10 @@
-"""Outcome -> exit code and the one stderr line, per MTA profile, in one place (DESIGN §2)."""
+"""Outcome -> exit code and the one stderr line, per MTA profile, in one place (contract §2)."""
 
 from __future__ import annotations
 
 import enum
 
-from crtool.config import MTA_PROFILES
+from crtool.profiles import MTA_PROFILES
 
 
 class Outcome(enum.Enum):

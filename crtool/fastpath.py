@@ -1,4 +1,4 @@
-"""The whitelisted check without SQLAlchemy (DESIGN §7b), and the acceptance both paths share.
+"""The whitelisted check without SQLAlchemy (contract §10), and the acceptance both paths share.
 
 Most mail of a mature installation comes from whitelisted senders, and importing SQLAlchemy costs
 about 170 ms per process. So for a SQLite database `deliver` first asks the list through the
@@ -13,7 +13,7 @@ null sender, another database, or any error on the way returns None, and the ful
 never change an outcome.
 
 How it counts what it accepts: the full path records a "delivered" event per message, but that
-is a write, and every write goes through SQLAlchemy (DESIGN §7b), the very import this path
+is a write, and every write goes through SQLAlchemy (contract §10), the very import this path
 avoids; writing the event through `sqlite3` would be a second implementation of the store. So
 the fast path appends one byte to HOME/delivered.tally instead (O_APPEND: concurrent deliveries
 never lose each other's byte), and `stats` adds the file's size to the events it counts. The
@@ -32,7 +32,7 @@ from crtool import addresses, policy
 from crtool.config import Settings
 from crtool.envelope import Envelope, RawMessage
 from crtool.exits import Outcome
-from crtool.message import Facts, clean_text, parse_head
+from crtool.message import Facts, clean_text
 
 # str(lists.match_statement(owner, keys).compile(dialect=sqlite)), with the expanding IN
 # parameter as SQLAlchemy leaves it before the number of keys is known.
@@ -44,6 +44,8 @@ MATCH_SQL = (
 _IN_PLACEHOLDER = "__[POSTCOMPILE_key_1]"
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 TALLY_NAME = "delivered.tally"
+# Not crtool.private: this path imports as little as it can.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def match_sql(count: int) -> str:
@@ -72,11 +74,11 @@ def _uri(path: Path) -> str:
     return f"file:{text}?mode=ro"
 
 
-def lookup(path: Path, owner: str, sender: str,
+def lookup(path: Path, owner: str, keys: list[str],
            timeout: float = 30.0) -> list[tuple[str, str]] | None:
-    """Every (list, key) matching `sender`, read-only; None when the database cannot be read
-    (missing, locked past `timeout`, not crtool's schema), so that the full path decides."""
-    keys = addresses.lookup_keys(sender)
+    """Every (list, key) among a sender's look-up keys, read-only; None when the database
+    cannot be read (missing, locked past `timeout`, not crtool's schema), so that the full
+    path decides."""
     if not keys:
         return []
     try:
@@ -106,20 +108,21 @@ def incoming(settings: Settings, envelope: Envelope, facts: Facts) -> policy.Inc
     )
 
 
-def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str | None:
+def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | None:
     """The whitelist key that accepts this message, or None when the fast path cannot say so
-    (see the module docstring)."""
+    (see the module docstring). `facts` are the message's head, parsed once by the caller,
+    who passes them on to the full path when this says None."""
     if not envelope.sender:
         return None
     path = sqlite_file(settings.database_url)
     if path is None:
         return None
-    rows = lookup(path, settings.owner, envelope.sender,
-                  float(settings.database_timeout))
+    keys = addresses.lookup_keys(envelope.sender, settings.subaddress_separators)
+    rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
     if rows is None:
         return None
-    verdict = policy.classify(incoming(settings, envelope, parse_head(raw.head)),
-                              policy.decide_listing(rows))
+    verdict = policy.classify(incoming(settings, envelope, facts),
+                              policy.decide_listing(rows, keys))
     if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
         return None
     return verdict.listing.key
@@ -127,7 +130,7 @@ def whitelisted(settings: Settings, envelope: Envelope, raw: RawMessage) -> str 
 
 def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
     """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
-    Postfix already carries them (DESIGN §7a), so it gets none."""
+    Postfix already carries them (contract §3), so it gets none."""
     if row_mta != "qmail":
         return b""
     lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"
@@ -157,7 +160,8 @@ def count_delivery(home: Path) -> None:
     Side effect: HOME/delivered.tally grows by one byte; errors are ignored (see above).
     """
     try:
-        fd = os.open(home / TALLY_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(home / TALLY_NAME,
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
     except OSError:
         return
     try:

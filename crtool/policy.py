@@ -2,7 +2,7 @@
 
 No files, no database, no clock: the service looks up lists and counts and passes them in, so
 every rule can be tested from a table. The rules that keep crtool from ever being a backscatter
-source (RFC 3834, RFC 5321 §4.5.5, MTA.md "Before any automatic reply") are a table of named
+source (RFC 3834, RFC 5321 §4.5.5, the practice of TMDA and qconfirm) are a table of named
 predicates; the first that matches is the reason the held message gets no challenge.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from crtool import addresses
@@ -59,15 +59,18 @@ class Verdict:
     listing: Listing | None = None
 
 
-def decide_listing(matches: Iterable[tuple[str, str]]) -> Listing | None:
+def decide_listing(matches: Iterable[tuple[str, str]], keys: Sequence[str]) -> Listing | None:
     """The most specific of the (list, key) matches wins; on a tie the blacklist does.
 
-    So `@example.com` whitelisted with `spam@example.com` blacklisted blocks that one sender,
-    and `@spam.test` blacklisted with `friend@spam.test` whitelisted lets the friend through.
+    `keys` are the look-up keys of the sender, most specific first (addresses.lookup_keys):
+    so `@example.com` whitelisted with `spam@example.com` blacklisted blocks that one sender,
+    `@spam.test` blacklisted with `friend@spam.test` whitelisted lets the friend through, and
+    an exact entry for `bob+news@x.test` beats one for `bob@x.test`.
     """
+    rank_of = {key: len(keys) - index for index, key in enumerate(keys)}
     best: tuple[int, int, Listing] | None = None
     for list_name, key in matches:
-        rank = (addresses.specificity(key), 1 if list_name == BLACK else 0)
+        rank = (rank_of.get(key, 0), 1 if list_name == BLACK else 0)
         if best is None or rank > best[:2]:
             best = (*rank, Listing(list_name, key))
     return best[2] if best else None
@@ -230,6 +233,52 @@ def dmarc_failed(m: Incoming) -> bool:
         for r in authentication_results(m.facts, m.authserv_id))
 
 
+def _dkim_domain(result: AuthResult) -> str:
+    """The signing domain of a DKIM result: header.d, else the domain of header.i."""
+    if "header.d" in result.properties:
+        return result.properties["header.d"].lower().rstrip(".")
+    identity = result.properties.get("header.i", "")
+    return _domain(identity) if "@" in identity else identity.lower().rstrip(".")
+
+
+def dkim_passed_for(m: Incoming, domain: str) -> bool:
+    """The owner's MTA says a DKIM signature of `domain` or of a parent domain verified.
+
+    A pass for any other domain proves nothing about this one: a forger signs his own mail.
+    A parent's key is published by whoever controls the domain itself, so it counts.
+    """
+    return bool(domain) and any(
+        r.method == "dkim" and r.result == "pass"
+        and (signer := _dkim_domain(r)) != ""
+        and (domain == signer or domain.endswith("." + signer))
+        for r in authentication_results(m.facts, m.authserv_id))
+
+
+def _named_by_forwarder(m: Incoming, listing: Listing) -> str:
+    """The original sender's domain when `listing` matched only the address an SRS forwarder
+    named (SRS0=HH=TT=domain=local@forwarder), not the envelope's own; else ""."""
+    own = addresses.normalize_address(m.sender)
+    domain = _domain(own)
+    original = _domain(addresses.unmangle(own, ""))
+    if original == domain or listing.key == own or listing.key in addresses.domain_keys(domain):
+        return ""
+    return original
+
+
+def whitelisted_but_forged(m: Incoming, listing: Listing) -> bool:
+    """A whitelisted sender's address on a message its domain disowns: DMARC fails for the
+    From: domain, or SPF fails for the envelope domain and no DKIM signature of that domain
+    verified (a forwarded message fails SPF but keeps its signature). The SPF a forwarder
+    passes says nothing of the sender it names in an SRS address, so a match through that
+    name needs a DKIM pass of the named sender's domain. Only the owner's MTA's results count
+    (`authserv_id`), so without it nothing is judged forged."""
+    if not m.authserv_id:
+        return False
+    named = _named_by_forwarder(m, listing)
+    return (dmarc_failed(m) or (spf_failed(m) and not dkim_passed_for(m, _domain(m.sender)))
+            or (named != "" and not dkim_passed_for(m, named)))
+
+
 @dataclass(frozen=True)
 class Rule:
     """One row of the checklist: the reason recorded, the test, and what triggers it."""
@@ -281,6 +330,15 @@ SUPPRESSION_RULES: tuple[Rule, ...] = (
          "the owner's MTA (`authserv_id`) wrote `dmarc=fail` for the From: domain"),
 )
 
+# Why a message from a whitelisted sender is held (without a challenge) instead of delivered.
+WHITELIST_HOLD_REASONS: dict[str, str] = {
+    "whitelist_forged": "the sender is whitelisted, but the owner's MTA (`authserv_id`) wrote "
+                        "`dmarc=fail` for the From: domain, or `spf=fail` for the envelope "
+                        "sender's domain with no `dkim=pass` for that domain; or the sender "
+                        "is whitelisted only as the original sender an SRS address names, "
+                        "and no `dkim=pass` for that sender's domain was written",
+}
+
 RATE_LIMIT_RULES: tuple[tuple[str, str], ...] = (
     ("sender_rate_limit",
      "`challenge_limit` challenges (default 1) already went to this sender within "
@@ -307,9 +365,22 @@ DROP_REASONS: dict[str, str] = {
     "token_expired": "a token past `confirm_ttl`; if its message is still held, a fresh "
                      "challenge goes to the held message's sender, within the rate limits",
     "message_gone": "a valid token for a message the owner has deleted",
-    "token_used": "a valid release or accept token (from the owner's digest) whose messages "
-                  "are no longer held: it acted already, or they were released, deleted or "
-                  "expired",
+    "token_used": "a valid token whose message is no longer held (released by an earlier "
+                  "confirmation or by the owner, deleted, or expired): it changes nothing, so "
+                  "a replay cannot whitelist the sender again or release anything twice",
+    "confirm_blacklisted": "a valid token from a sender the owner has blacklisted since the "
+                           "challenge: nothing is released, nothing whitelisted",
+}
+
+
+# A challenge recorded for a held message is handed to sendmail at most this many times over
+# the MTA's retries; then the delivery is done and the message stays held with this reason, so a
+# sendmail that sends and then exits non-zero cannot mail one person on every retry.
+CHALLENGE_TRIES = 3
+CHALLENGE_FAILED = "challenge_failed"
+UNSENT_REASONS: dict[str, str] = {
+    CHALLENGE_FAILED: f"sendmail failed on each of {CHALLENGE_TRIES} tries (over the MTA's "
+                      "retries) to send the recorded challenge; it is not tried again",
 }
 
 
@@ -332,6 +403,8 @@ def classify(message: Incoming, listing: Listing | None) -> Verdict:
     if listing is not None and listing.list_name == BLACK:
         return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
     if listing is not None and listing.list_name == WHITE:
+        if whitelisted_but_forged(message, listing):
+            return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
         return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
     if message.own_digest:
         # Null sender and Auto-Submitted, so any rule below would hold it: the owner would

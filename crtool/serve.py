@@ -12,6 +12,9 @@ IMMEDIATE (or PostgreSQL's row lock) orders them exactly as it orders separate p
 The server never owns the message: until it has answered, the client can still deliver
 in-process, and a hold the server committed first is found again by its digest. So stopping or
 killing the server at any moment loses nothing.
+
+Expired held mail is purged at start and then hourly, in a thread of its own beside the
+deliveries; the clock that schedules it (and dates the deliveries) is passed in.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import os
 import select
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +47,8 @@ BACKLOG = 64
 # taken within client.ACK_TIMEOUT delivers in-process instead.
 MAX_WORKERS = 32
 REQUEST_TIMEOUT = 10.0
+# Expired held mail is purged at start and then this often, beside the deliveries.
+PURGE_EVERY = 3600.0
 # How often the server looks whether a scheduled chore (the owner's digest) is due.
 CHORE_INTERVAL = 60.0
 
@@ -74,8 +81,9 @@ class Warm:
     """Resources kept between deliveries: settings (re-read when config.toml changes), one
     engine per database URL, and the key ring (re-read when the keys file changes)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, clock: Callable[[], float] = time.time) -> None:
         self.home = home
+        self.clock = clock
         self._lock = threading.Lock()
         self._settings: tuple[tuple[int, int], Settings] | None = None
         self._engines: dict[tuple[str, int], Engine] = {}
@@ -132,6 +140,7 @@ class Warm:
             engine=self.engine(settings),
             outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
             keys=lambda: self.keys(path),
+            clock=self.clock,
         )
 
     def warm_up(self) -> None:
@@ -142,11 +151,12 @@ class Warm:
         settings = self.settings(self.home)
         box = self.mailbox(settings)
         box.keys()
+        from crtool.addresses import lookup_keys
         from crtool.store.engine import transaction
         from crtool.store.lists import matches
 
         with transaction(box.engine, write=False) as session:
-            matches(session, settings.owner, settings.address)
+            matches(session, settings.owner, lookup_keys(settings.address))
         challenge.environment(settings)
 
     def close(self) -> None:
@@ -154,6 +164,13 @@ class Warm:
             for engine in self._engines.values():
                 engine.dispose()
             self._engines.clear()
+
+
+def _regular_file(fd: int) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _log(line: str) -> None:
@@ -164,10 +181,13 @@ def _log(line: str) -> None:
 class Server:
     """The listening socket and its worker threads."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, clock: Callable[[], float] = time.time) -> None:
         self.home = home
         self.path = home / client.SOCKET_NAME
-        self.warm = Warm(home)
+        self.clock = clock
+        self.warm = Warm(home, clock)
+        self.next_purge = clock()
+        self.purger: threading.Thread | None = None
         self.slots = threading.BoundedSemaphore(MAX_WORKERS)
         self.workers: set[threading.Thread] = set()
         self.workers_lock = threading.Lock()
@@ -180,11 +200,8 @@ class Server:
         """Listen on HOME/crtool.sock: bound under a temporary name with mode 0600 and renamed
         into place, so the socket is never reachable with wider permissions. Refuses when
         another server answers there; a stale socket file is replaced."""
-        if self.path.exists():
-            other = client.connect(str(self.path))
-            if other is not None:
-                other.close()
-                raise TemporaryFailure(f"another server is listening on {self.path}")
+        if self.path.exists() and client.listening(str(self.path)):
+            raise TemporaryFailure(f"another server is listening on {self.path}")
         temporary = self.home / f".{client.SOCKET_NAME}.{os.getpid()}"
         temporary.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -214,10 +231,12 @@ class Server:
         if self.listener is None:
             raise RuntimeError("serve_forever before bind")
         while True:
-            readable, _, _ = select.select([self.listener, wakeup], [], [],
-                                           self.chore_interval())
+            timeout = min(max(0.0, self.next_purge - self.clock()), self.chore_interval())
+            readable, _, _ = select.select([self.listener, wakeup], [], [], timeout)
             if wakeup in readable:
                 return
+            # Checked on every wake-up, before the connection that caused it is served.
+            self.purge_if_due()
             self.chores()
             if self.listener not in readable:
                 continue
@@ -234,8 +253,37 @@ class Server:
             workers = list(self.workers)
         for worker in workers:
             worker.join()
+        if self.purger is not None:
+            self.purger.join()
         if self.chore is not None:
             self.chore.join()
+
+    def purge_if_due(self) -> None:
+        """Start the hourly purge of expired held mail in a thread of its own, so that the
+        accept loop, and the deliveries, never wait for it."""
+        now = self.clock()
+        if now < self.next_purge or (self.purger is not None and self.purger.is_alive()):
+            return
+        self.next_purge = now + PURGE_EVERY
+        self.purger = threading.Thread(target=self._purge, daemon=False)
+        self.purger.start()
+
+    def _purge(self) -> None:
+        from crtool import service
+
+        total = 0
+        try:
+            box = self.warm.mailbox(self.warm.settings(self.home))
+            # Batches, each a short transaction, until one comes back less than full.
+            while (removed := service.purge_expired(box)) > 0:
+                total += removed
+                if removed < service.PURGE_BATCH:
+                    break
+        except Exception as error:  # noqa: BLE001 - logged; the next hour tries again
+            _log(f"purging expired mail failed after {total}: {delivery.describe(error)}")
+            return
+        if total:
+            _log(f"purged {total} expired held messages")
 
     def chore_interval(self) -> float:
         """CHORE_INTERVAL, or `digest_every` when that is shorter (at least a second)."""
@@ -286,6 +334,10 @@ class Server:
             return
         connection.settimeout(REQUEST_TIMEOUT)
         data, fds, _flags, _addr = socket.recv_fds(connection, client.MAX_PACKET, 4)
+        if not data and not fds:
+            # Connected and closed without a request: a probe (client.listening, from a
+            # second `crtool serve` or `crtool doctor`), which needs no answer and no log.
+            return
         if len(fds) != 1:
             for fd in fds:
                 os.close(fd)
@@ -300,8 +352,15 @@ class Server:
         stream = io.BufferedReader(PositionalReader(fds[0], offset))
         with stream:
             connection.sendall(client.ACK)
-            answer = delivery.handle(self.home, request, stream, self.warm, fast=False,
-                                     on_error=traceback.print_exception)
+            if _regular_file(fds[0]):
+                answer = delivery.handle(self.home, request, stream, self.warm, fast=False,
+                                         on_error=traceback.print_exception)
+            else:
+                # crtool's client passes only a regular file (a pipe or a device it copies
+                # first), so anything else, /dev/zero say, comes from a broken caller:
+                # refused at once rather than read without end.
+                answer = delivery.failure(request, TemporaryFailure(
+                    "the message descriptor is not a regular file"))
         _log(f"{answer.outcome}: {answer.detail}")
         code, line = delivery.status(answer)
         try:

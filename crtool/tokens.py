@@ -200,22 +200,12 @@ def secrets_of(keys: Sequence[Key]) -> list[bytes]:
 
 
 def write_keys(path: Path, keys: Sequence[Key]) -> None:
-    """Replace the key ring atomically, 0600 from the first byte. Side effect: the file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        body = _HEADER + "".join(f"{k.created} {k.secret.hex()}\n" for k in keys)
-        os.write(fd, body.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Replace the key ring atomically, 0600 from the first byte, never through a link
+    (private.replace_file). Side effect: the file."""
+    from crtool.private import replace_file
+
+    body = _HEADER + "".join(f"{k.created} {k.secret.hex()}\n" for k in keys)
+    replace_file(path, body.encode("ascii"))
 
 
 def rotated(keys: Sequence[Key], now: int, ttl: int) -> list[Key]:

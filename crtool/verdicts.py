@@ -52,9 +52,11 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
         authserv_id=settings.authserv_id)
     found: dict[str, Any] = {"sender": sender, "list": "", "entry": "", "source": "",
                              "note": "", "reason": ""}
+    from crtool import service
+
     with transaction(box.engine, write=False) as session:
-        listing = policy.decide_listing(lists.matches(session, box.owner, sender)) \
-            if sender else None
+        # The very look-up and rate-limit count that delivery makes.
+        listing = service._listing(box, session, sender)
         verdict = policy.classify(incoming, listing)
         if listing is not None:
             entry = lists.entry(session, box.owner, listing.list_name, listing.key)
@@ -63,13 +65,9 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
                          source=entry.source if entry else "", note=entry.note if entry else "")
         limited = None
         if verdict.action is policy.Action.CHALLENGE:
-            now = box.now()
-            limited = policy.rate_limit_reason(policy.ChallengeCounts(
-                to_sender_in_window=log.challenges_since(
-                    session, box.owner, now - settings.challenge_window,
-                    addresses.normalize_address(sender)),
-                in_last_hour=log.challenges_since(session, box.owner, now - 3600)),
-                settings.challenge_limit, settings.challenge_global_limit)
+            limited = service._rate_limited(
+                box, session, addresses.unmangle(sender, settings.subaddress_separators),
+                box.now())
     entry_text = f"{found['list']}list entry {found['entry']}" + (
         f" (added by {ACTORS.get(found['source'], found['source'])})" if found["source"] else "")
     if verdict.action is policy.Action.ACCEPT:
@@ -94,7 +92,8 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
 def history(box: Mailbox, sender: str) -> Iterator[dict[str, Any]]:
     """Every recorded event about `sender` (and list entries of patterns that match him),
     oldest first, streamed."""
-    keys = addresses.lookup_keys(sender) or [addresses.normalize_address(sender)]
+    keys = addresses.lookup_keys(sender, box.settings.subaddress_separators) or [
+        addresses.normalize_address(sender)]
     keys += ["*@" + key for key in keys if key.startswith("*.")]
     with transaction(box.engine, write=False) as session:
         for event in log.history(session, box.owner, keys):

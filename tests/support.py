@@ -34,7 +34,7 @@ def crtool_executable() -> str:
 
 def qmail_env(sender: str, recipient: str, user_home: Path, user: str = "alice",
               default_file: bool = True, default_prefix: str = "") -> dict[str, str]:
-    """The environment qmail-local gives a program delivery (MTA.md), for `user`'s
+    """The environment qmail-local gives a program delivery (qmail-command(8)), for `user`'s
     `.qmail-default` (or `.qmail` when `default_file` is False for the bare address).
 
     `default_prefix` names a narrower default file: "confirm-" for `.qmail-confirm-default`,

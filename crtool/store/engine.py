@@ -1,6 +1,6 @@
 """Engines with settings that survive dozens of concurrent deliveries, and `transaction()`.
 
-SQLite (DESIGN §7): WAL (set once, persistent, by `init`/`db upgrade`), synchronous=FULL because
+SQLite (contract §3): WAL (set once, persistent, by `init`/`db upgrade`), synchronous=FULL because
 exit 99 lets qmail delete its copy, a 30 s busy timeout, and BEGIN IMMEDIATE for every transaction
 that writes, since a read-then-write transaction under WAL fails with "database is locked" when
 another writer got in first. Only `init` and `db upgrade` may create a database file.
@@ -8,7 +8,9 @@ another writer got in first. Only `init` and `db upgrade` may create a database 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,45 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+_CANNOT_OPEN = ("unable to open database file", "attempt to write a readonly database")
+
+
+def missing_database(path: Path | str) -> str:
+    """What to say of a database that is gone. Not "run init": that would make an empty one, and
+    every sender the owner has whitelisted would be challenged again."""
+    return (f"database {path} is missing: restore it from a backup (a new, empty one would "
+            "challenge every sender again)")
+
+
+def why_unopenable(path: Path) -> str:
+    """The likely reason SQLite cannot open or write `path`, in words; "" when none is seen."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "the file is missing"
+    except OSError as error:
+        return str(error.strerror)
+    if stat.S_ISDIR(info.st_mode):
+        return "it is a directory, not a file"
+    uid = os.geteuid()
+    if not os.access(path, os.R_OK | os.W_OK):
+        return (f"permission denied: mode {stat.S_IMODE(info.st_mode):o}, owner uid "
+                f"{info.st_uid}, and crtool runs as uid {uid}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return (f"permission denied on its directory {path.parent}, where SQLite must "
+                "create the -wal and -shm files")
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists() and not os.access(side, os.R_OK | os.W_OK):
+            return f"permission denied on {side.name} (owner uid {side.stat().st_uid})"
+    try:
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return "its file system is mounted read-only"
+    except OSError:
+        pass
+    return ""
+
+
 def make_engine(url: str, create: bool = False, read_only: bool = False,
                 timeout: float = BUSY_TIMEOUT_S) -> Engine:
     """An engine for `url`. Without `create`, a missing SQLite file is a TemporaryFailure:
@@ -43,7 +84,13 @@ def make_engine(url: str, create: bool = False, read_only: bool = False,
     if path is None:
         return create_engine(url, pool_pre_ping=False)
     if not create and not path.exists():
-        raise TemporaryFailure(f"database {path} is missing (run 'crtool init')")
+        raise TemporaryFailure(missing_database(path))
+    if create:
+        from crtool.private import create_empty
+
+        # 0600 from the start, and never through a planted link; SQLite gives the -wal and
+        # -shm files it makes beside the database the same mode.
+        create_empty(path)
     mode = "ro" if read_only else ("rwc" if create else "rw")
     target = f"file:{quote(str(path))}?mode={mode}"
 
@@ -62,6 +109,15 @@ def make_engine(url: str, create: bool = False, read_only: bool = False,
         cursor.execute("PRAGMA synchronous = FULL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+
+    @event.listens_for(engine, "handle_error")
+    def _name_the_file(context: Any) -> BaseException | None:
+        # SQLite says "unable to open database file" whatever the cause, and names no file.
+        said = str(context.original_exception)
+        if not isinstance(context.original_exception, sqlite3.Error) or said not in _CANNOT_OPEN:
+            return None
+        cause = why_unopenable(path)
+        return TemporaryFailure(f"database {path}: {said}" + (f" ({cause})" if cause else ""))
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:

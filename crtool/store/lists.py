@@ -29,9 +29,8 @@ def match_statement(owner: str, keys: list[str]) -> Select[str, str]:
     )
 
 
-def matches(session: Session, owner: str, address: str) -> list[tuple[str, str]]:
-    """Every (list, key) that matches `address` for this owner."""
-    keys = addresses.lookup_keys(address)
+def matches(session: Session, owner: str, keys: list[str]) -> list[tuple[str, str]]:
+    """Every (list, key) among an address's look-up keys (addresses.lookup_keys)."""
     if not keys:
         return []
     rows = session.execute(match_statement(owner, keys)).all()

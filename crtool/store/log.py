@@ -12,6 +12,8 @@ from crtool.store.models import Challenge, Event
 
 QUEUED = "queued"
 SENT = "sent"
+FAILED = "failed"  # given up after the tries a delivery allows; never sent again
+RETRIED = "challenge_retry"  # the event of each try after the first
 
 
 def record_event(session: Session, owner: str, now: int, kind: str, reason: str = "",
@@ -42,6 +44,20 @@ def unsent_for(session: Session, pending_id: str) -> Challenge | None:
         select(Challenge).where(Challenge.pending_id == pending_id, Challenge.status == QUEUED)
         .order_by(Challenge.created_at.desc()).limit(1)
     )
+
+
+def send_tries(session: Session, record: Challenge) -> int:
+    """How often this challenge was handed to sendmail: once when it was recorded, once more
+    for each retry event of its message since then."""
+    retries = session.scalar(
+        select(func.count()).select_from(Event).where(
+            Event.owner == record.owner, Event.pending_id == record.pending_id,
+            Event.kind == RETRIED, Event.at >= record.created_at))
+    return 1 + (retries or 0)
+
+
+def give_up(session: Session, record: Challenge) -> None:
+    session.execute(update(Challenge).where(Challenge.id == record.id).values(status=FAILED))
 
 
 def challenges_since(session: Session, owner: str, since: int,

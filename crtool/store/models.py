@@ -53,7 +53,7 @@ class AddressEntry(Base):
 
 
 class Pending(Base):
-    """A held message's facts; its bytes live in `PendingBody`, written in the same transaction.
+    """A held message's facts; its bytes live in `PendingChunk`, written in the same transaction.
 
     `id` is the random 8-character base32 id that the confirm token carries and the CLI shows.
     """
@@ -91,16 +91,19 @@ class Pending(Base):
     )
 
 
-class PendingBody(Base):
-    """The raw bytes of a held message, byte for byte; dropped once the message leaves."""
+class PendingChunk(Base):
+    """The raw bytes of a held message, byte for byte, in pieces numbered from 0; dropped once
+    the message leaves. Pieces, not one value: a message is streamed into the store without
+    ever being whole in memory, and SQLite refuses any single value of 1 GB or more."""
 
-    __tablename__ = "pending_bodies"
+    __tablename__ = "pending_chunks"
 
     pending_id: Mapped[str] = mapped_column(
         String(8), ForeignKey("pending.id", ondelete="CASCADE"), primary_key=True
     )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     owner: Mapped[str] = mapped_column(String(ADDRESS))
-    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Challenge(Base):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
-from crtool.store.models import Owner, Pending, PendingBody
+from crtool.store.models import Owner, Pending, PendingChunk
 
 HELD = "held"
 RELEASED = "released"
@@ -37,43 +38,111 @@ def get(session: Session, owner: str, pending_id: str) -> Pending | None:
         select(Pending).where(Pending.owner == owner, Pending.id == pending_id.lower()))
 
 
-def hold(session: Session, row: Pending, raw: bytes, new_id: Callable[[], str]) -> Pending:
-    """Store the row and its bytes in the caller's transaction, under a fresh unused id."""
+# The largest piece of a held message stored as one value: small against any memory bound,
+# far below SQLite's limit on one value (1 GB), and few rows even for a large message.
+CHUNK_SIZE = 256 * 1024
+
+
+def hold(session: Session, row: Pending, chunks: Iterable[bytes], new_id: Callable[[], str],
+         fingerprint: Callable[[], str], chunk_size: int = CHUNK_SIZE) -> Pending:
+    """Store the row and its bytes in the caller's transaction, under a fresh unused id, and
+    return it; or, when an earlier hold has the same digest, discard this one and return that.
+
+    The bytes are written as they arrive, piece by piece, so the message is never whole in
+    memory; `fingerprint()` is asked for the digest only once `chunks` is exhausted, since a
+    digest over a stream is known only at its end. Until then the row carries a placeholder
+    digest of its own (unique, never committed).
+    """
     while True:
         candidate = new_id()
         if session.get(Pending, candidate) is None:
             break
     row.id = candidate
+    row.digest = f"unsealed:{candidate}"
+    row.size = 0
     session.add(row)
-    session.add(PendingBody(pending_id=candidate, owner=row.owner, raw=raw))
+    session.flush()
+    size = 0
+    seq = 0
+    for chunk in chunks:
+        for start in range(0, len(chunk), chunk_size):
+            piece = chunk[start:start + chunk_size]
+            session.execute(insert(PendingChunk).values(
+                pending_id=candidate, seq=seq, owner=row.owner, data=piece))
+            seq += 1
+            size += len(piece)
+    if seq == 0:
+        # An empty message is held too: piece 0 says its bytes are here, all none of them.
+        session.execute(insert(PendingChunk).values(
+            pending_id=candidate, seq=0, owner=row.owner, data=b""))
+    digest = fingerprint()
+    earlier = by_digest(session, row.owner, digest)
+    if earlier is not None:
+        session.execute(delete(PendingChunk).where(PendingChunk.pending_id == candidate))
+        session.delete(row)
+        session.flush()
+        return earlier
+    row.digest = digest
+    row.size = size
     session.flush()
     return row
 
 
-def held_from(session: Session, owner: str, sender_key: str) -> list[Pending]:
-    """Every message still held from this sender, oldest first."""
-    return list(session.scalars(
-        select(Pending)
-        .where(Pending.owner == owner, Pending.sender_key == sender_key, Pending.status == HELD)
-        .order_by(Pending.received_at, Pending.id)
-    ))
+def chunks(session: Session, pending_id: str) -> Generator[bytes, None, None]:
+    """A held message's bytes, piece by piece; nothing at all once they are gone (released,
+    deleted). One statement, read a row at a time (a server-side cursor on PostgreSQL, a
+    stepped cursor on SQLite): a large message is never whole in memory, and what is read is
+    one consistent snapshot even while another transaction releases the message."""
+    result = session.execute(
+        select(PendingChunk.data).where(PendingChunk.pending_id == pending_id)
+        .order_by(PendingChunk.seq).execution_options(yield_per=1))
+    try:
+        yield from result.scalars()
+    finally:
+        result.close()
 
 
-def raw_bytes(session: Session, pending_id: str) -> bytes | None:
-    return session.scalar(select(PendingBody.raw).where(PendingBody.pending_id == pending_id))
+def has_bytes(session: Session, pending_id: str) -> bool:
+    """Whether the message's bytes are still held (they go when it is released or deleted)."""
+    return session.scalar(select(PendingChunk.seq).where(
+        PendingChunk.pending_id == pending_id, PendingChunk.seq == 0)) is not None
 
 
 def head(session: Session, pending_id: str, limit: int) -> bytes:
-    """At most the first `limit` bytes of a held message (b"" once its bytes are gone)."""
-    return session.scalar(select(func.substr(PendingBody.raw, 1, limit))
-                          .where(PendingBody.pending_id == pending_id)) or b""
+    """At most the first `limit` bytes of a held message: what a fresh challenge reads."""
+    parts: list[bytes] = []
+    size = 0
+    with closing(chunks(session, pending_id)) as pieces:
+        for piece in pieces:
+            parts.append(piece[:limit - size])
+            size += len(parts[-1])
+            if size >= limit:
+                break
+    return b"".join(parts)
+
+
+def held_batch(session: Session, owner: str, sender_key: str, limit: int,
+               after: tuple[int, str] | None = None, exclude: str | None = None) -> list[Pending]:
+    """Up to `limit` messages still held from this sender, oldest first, after the
+    (received_at, id) of the previous batch; `exclude` names one to leave out."""
+    statement = select(Pending).where(
+        Pending.owner == owner, Pending.sender_key == sender_key, Pending.status == HELD)
+    if after is not None:
+        received_at, pending_id = after
+        statement = statement.where(or_(
+            Pending.received_at > received_at,
+            and_(Pending.received_at == received_at, Pending.id > pending_id)))
+    if exclude is not None:
+        statement = statement.where(Pending.id != exclude)
+    return list(session.scalars(
+        statement.order_by(Pending.received_at, Pending.id).limit(limit)))
 
 
 def finish(session: Session, row: Pending, status: str, now: int) -> None:
     """Mark a message released or deleted and drop its bytes: it has left the queue."""
     row.status = status
     row.released_at = now
-    session.execute(delete(PendingBody).where(PendingBody.pending_id == row.id))
+    session.execute(delete(PendingChunk).where(PendingChunk.pending_id == row.id))
 
 
 @dataclass(frozen=True)
@@ -97,14 +166,27 @@ def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
     return Page(rows, total)
 
 
-def purge_batch(session: Session, owner: str, before: int, limit: int) -> int:
-    """Delete up to `limit` messages received before `before` (any status); how many went."""
-    ids = list(session.scalars(
-        select(Pending.id).where(Pending.owner == owner, Pending.received_at < before)
+def expired_ids(session: Session, owner: str, before: int, limit: int) -> list[str]:
+    """Up to `limit` messages (any status) received and last challenged at or before
+    `before`, oldest first.
+
+    A fresh challenge (for a token that expired while its message was still held) keeps the
+    message as long as a first one would. At or before: timestamps are whole seconds, so
+    "older than 0s" takes what arrived in the current second too."""
+    return list(session.scalars(
+        select(Pending.id)
+        .where(Pending.owner == owner, Pending.received_at <= before,
+               or_(Pending.challenged_at.is_(None), Pending.challenged_at <= before))
         .order_by(Pending.received_at).limit(limit)
     ))
+
+
+def purge_batch(session: Session, owner: str, before: int, limit: int) -> int:
+    """Delete up to `limit` of the messages `expired_ids` finds, row and bytes; how many
+    went."""
+    ids = expired_ids(session, owner, before, limit)
     if not ids:
         return 0
-    session.execute(delete(PendingBody).where(PendingBody.pending_id.in_(ids)))
+    session.execute(delete(PendingChunk).where(PendingChunk.pending_id.in_(ids)))
     session.execute(delete(Pending).where(Pending.id.in_(ids)))
     return len(ids)

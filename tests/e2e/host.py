@@ -1,7 +1,7 @@
 """The Postfix host the end-to-end tests drive: users alice and bob on this machine, crtool
 installed where alice can run it, and the ways to send, wait and look.
 
-Postfix (set up by .ci/postfix.sh, the recipe of MTA.md) runs alice's ~/.forward command as
+Postfix (set up by .ci/postfix.sh) runs alice's ~/.forward command as
 alice, in /var/spool/postfix, with PATH=/usr/bin:/bin, so crtool must live where alice can read
 it: a virtual environment in /opt built from this checkout (pip install of the path, not
 editable, since the checkout may sit under /root). It is rebuilt only when the source changed.
@@ -62,7 +62,7 @@ def why_not_available() -> str | None:
     settings = run(["postconf", "-h", "recipient_delimiter", "mydestination"]).stdout
     if not settings.startswith("-") or "example.test" not in settings \
             or "remote.test" not in settings:
-        return "Postfix is not configured as MTA.md says; run .ci/postfix.sh"
+        return "Postfix is not configured as .ci/postfix.sh leaves it; run it"
     if not SYSTEM_PYTHON.exists():
         return f"{SYSTEM_PYTHON} is missing: alice needs a Python she can run"
     return None

@@ -1,7 +1,7 @@
 """crtool behind a real Postfix on loopback: alice is protected through ~/.forward, bob is a
 correspondent with a mailbox of his own, and every message goes through Postfix's own sendmail,
 queue and local(8) delivery, so the exit codes, the environment, the `From ` line and the
-deferral are Postfix's, not a stand-in's. Set up by .ci/postfix.sh (MTA.md's recipe); the tests
+deferral are Postfix's, not a stand-in's. Set up by .ci/postfix.sh; the tests
 skip with the reason when it has not run, and CI (CRTOOL_REQUIRE_E2E=1) turns that into a failure.
 """
 

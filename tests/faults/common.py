@@ -24,7 +24,8 @@ TEMPFAIL = 111
 
 
 def make_home(tmp_path: Path, **settings: str | int) -> Mailbox:
-    """alice@example.test on SQLite with the atomic sendmail stand-in; `settings` replace
+    """alice@example.test on SQLite with the atomic sendmail stand-in, its ~/.qmail and
+    ~/.qmail-default installed; `settings` replace
     lines of config.toml (strings quoted, numbers bare). tmp_path/alice may exist already
     (a mount point)."""
     user_home = tmp_path / "alice"
@@ -32,7 +33,7 @@ def make_home(tmp_path: Path, **settings: str | int) -> Mailbox:
     box = Mailbox(user_home=user_home,
                   database_url=f"sqlite:///{user_home / '.crtool' / 'crtool.db'}")
     box.ok("init", "--address", box.address, "--maildir", str(box.maildir),
-           "--sendmail", str(SENDMAIL))
+           "--sendmail", str(SENDMAIL), "--install")
     if settings:
         set_config(box, **settings)
     return box
@@ -132,21 +133,25 @@ def write_figures(tmp_path: Path, name: str, figures: dict[str, object]) -> None
     (target / f"figures-{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True))
 
 
-def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> None:
-    """`count` held messages received `age` seconds ago, written straight into the database
-    through crtool's own table definitions: the purge tests need a queue that took weeks."""
+def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000,
+                     now: int | None = None, prefix: str = "o") -> list[str]:
+    """`count` held messages received `age` seconds before `now` (default: the real time),
+    written straight into the database through crtool's own table definitions: the purge
+    tests need a queue that took weeks. Returns their ids, which start with `prefix`."""
     import time
 
     from sqlalchemy import insert
 
     from crtool.store.engine import make_engine, transaction
-    from crtool.store.models import Pending, PendingBody
+    from crtool.store.models import Pending, PendingChunk
 
     engine = make_engine(box.database_url)
-    received = int(time.time()) - age
+    received = (int(time.time()) if now is None else now) - age
+    seeded: list[str] = []
     try:
         for start in range(0, count, batch):
-            ids = [f"o{n:07d}" for n in range(start, min(start + batch, count))]
+            ids = [f"{prefix}{n:07d}" for n in range(start, min(start + batch, count))]
+            seeded += ids
             with transaction(engine) as session:
                 session.execute(insert(Pending), [dict(
                     id=i, owner=box.address, sender="old@remote.test",
@@ -154,11 +159,12 @@ def seed_old_pending(box: Mailbox, count: int, age: int, batch: int = 5000) -> N
                     subject="old", message_id="", received_at=received, size=20,
                     digest=f"{i:0>64}", mta="qmail", status="held", reason="challenged",
                     challenged_at=received, released_at=None) for i in ids])
-                session.execute(insert(PendingBody), [
-                    dict(pending_id=i, owner=box.address, raw=b"Subject: old\n\nold\n")
+                session.execute(insert(PendingChunk), [
+                    dict(pending_id=i, seq=0, owner=box.address, data=b"Subject: old\n\nold\n")
                     for i in ids])
     finally:
         engine.dispose()
+    return seeded
 
 
 def lock_figures(path: Path) -> list[dict[str, object]]:

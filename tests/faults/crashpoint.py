@@ -23,13 +23,17 @@ from typing import Any
 
 
 def arm_crash(spec: str) -> None:
-    """SIGKILL this process at `module:qualname:event` (event: call or return)."""
-    module, qualname, wanted = spec.split(":")
+    """SIGKILL this process at `module:qualname:event` (event: call or return), or at its
+    Nth occurrence with `module:qualname:event:N`."""
+    module, qualname, wanted, *nth = spec.split(":")
+    remaining = [int(nth[0]) if nth else 1]
 
     def profiler(frame: FrameType, event: str, _arg: Any) -> None:
         if event == wanted and frame.f_code.co_qualname == qualname \
                 and frame.f_globals.get("__name__") == module:
-            os.kill(os.getpid(), signal.SIGKILL)
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     sys.setprofile(profiler)
 
@@ -39,7 +43,7 @@ def record_locks(path: str) -> None:
     from sqlalchemy import Engine, event
 
     figures: dict[str, Any] = {"argv": sys.argv[1:], "transactions": 0, "max_wait": 0.0,
-                               "max_hold": 0.0, "max_deleted": 0}
+                               "max_hold": 0.0, "max_deleted": 0, "max_bodies_dropped": 0}
     state: dict[str, float] = {}
 
     @event.listens_for(Engine, "before_cursor_execute")
@@ -54,9 +58,15 @@ def record_locks(path: str) -> None:
             figures["max_wait"] = max(figures["max_wait"], now - state["started"])
             state["locked"] = now
             state["deleted"] = 0
+            state["bodies"] = 0
         elif statement.startswith("DELETE FROM pending "):
             state["deleted"] = state.get("deleted", 0) + max(cursor.rowcount, 0)
             figures["max_deleted"] = max(figures["max_deleted"], state["deleted"])
+        elif statement.startswith("DELETE FROM pending_bodies "):
+            # A held message leaving the queue (released or deleted): per transaction.
+            state["bodies"] = state.get("bodies", 0) + max(cursor.rowcount, 0)
+            figures["max_bodies_dropped"] = max(figures["max_bodies_dropped"],
+                                                state["bodies"])
 
     def _ended(_conn: Any) -> None:
         if "locked" in state:

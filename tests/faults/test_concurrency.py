@@ -1,12 +1,13 @@
 """120 deliveries at once into one SQLite database (qmail's largest concurrencylocal), with
 `whitelist import` and `pending purge` running beside them: none may fail and none may see
-"database is locked" (DESIGN §7: BEGIN IMMEDIATE with a 30 s busy timeout). The longest wait
+"database is locked" (contract §3: BEGIN IMMEDIATE with a 30 s busy timeout). The longest wait
 for the write lock, measured in each process through SQLAlchemy's events, is printed and written
 to figures-concurrency.json."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,11 @@ def test_120_simultaneous_deliveries_beside_import_and_purge(tmp_path: Path) -> 
     assert importer.returncode == 0, imported[1]
     assert purger.returncode == 0, purged[1]
     assert figures["import"] == "imported: 20000 new entries"
-    assert figures["purge"] == "purged: 5000 messages older than 14d"
+    # The 60 deliveries that hold a message purge expired ones too (at most 100 each): the
+    # command purges what they left, and together every old message goes (checked below).
+    said = re.fullmatch(r"purged: (\d+) messages older than 14d", str(figures["purge"]))
+    assert said is not None, figures["purge"]
+    assert 5000 - 100 * (CONCURRENCY // 2) <= int(said.group(1)) <= 5000
     assert len(locks) == CONCURRENCY + 2
     # Every unknown delivery was held exactly once; the old queue is gone.
     subjects = sorted(str(item["subject"]) for item in held(box))

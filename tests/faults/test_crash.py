@@ -157,16 +157,20 @@ def test_sigkill_anywhere_loses_nothing_and_holds_nothing_twice(tmp_path: Path) 
         in_maildir[int(found.group(1))] += 1
     connection = sqlite3.connect(box.home / "crtool.db")
     rows = connection.execute(
-        "SELECT p.subject, p.status, b.raw FROM pending p "
-        "LEFT JOIN pending_bodies b ON b.pending_id = p.id").fetchall()
+        "SELECT p.subject, p.status, p.id FROM pending p").fetchall()
+    pieces = connection.execute(
+        "SELECT pending_id, data FROM pending_chunks ORDER BY pending_id, seq").fetchall()
     connection.close()
+    raw_of: dict[str, bytes] = {}
+    for pending_id, data in pieces:
+        raw_of[pending_id] = raw_of.get(pending_id, b"") + data
     rows_per_letter: Counter[int] = Counter()
     held_bytes: dict[int, bytes] = {}
-    for subject, status, raw in rows:
+    for subject, status, pending_id in rows:
         number = int(subject.split()[1])
         rows_per_letter[number] += 1
         if status == "held":
-            held_bytes[number] = raw
+            held_bytes[number] = raw_of.get(pending_id, b"")
 
     released_senders = set(confirmed)
     lost = []

@@ -4,6 +4,7 @@ a healthy one passes. Each fault is made real in a fresh home."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.common import make_home, set_config
-from tests.support import Mailbox
+from tests.support import Mailbox, crtool_executable
 
 
 def doctor(box: Mailbox) -> tuple[int, list[str]]:
@@ -56,6 +57,8 @@ FAULTS: dict[str, tuple[Callable[[Mailbox], object], tuple[str, ...]]] = {
     "config_invalid": (lambda b: (b.home / "config.toml").write_text("address = [\n"),
                        ("config", "not valid TOML")),
     "config_value": (lambda b: set_config(b, mta="smtp"), ("'mta'", "must be one of")),
+    "database_open": (lambda b: (b.home / "crtool.db").chmod(0o644),
+                      ("database", "mode 644", "chmod 600")),
     "database_missing": (lambda b: (b.home / "crtool.db").unlink(), ("database", "missing")),
     "database_corrupt": (corrupt, ("database", "malformed")),
     "schema_old": (old_schema, ("schema", "ancient", "crtool db upgrade")),
@@ -89,3 +92,61 @@ def test_every_problem_is_listed_in_one_run(tmp_path: Path) -> None:
     assert [line.split()[0] for line in found] == ["HOME", "key", "database", "sendmail"]
     text = box.run("doctor")
     assert text.returncode == 4 and text.stdout.decode().count("\n") == 4
+
+
+def dotfile_problems(box: Mailbox, name: str, text: str) -> list[str]:
+    (box.user_home / name).write_text(text)
+    code, found = doctor(box)
+    assert code == 4
+    return found
+
+
+def test_indented_dot_qmail_lines_are_reported(tmp_path: Path) -> None:
+    box = make_home(tmp_path)
+    # The lines as an older `init` printed them, pasted with their indentation.
+    lines = (box.user_home / ".qmail-default").read_text().splitlines()
+    found = dotfile_problems(box, ".qmail-default", "".join(f"  {line}\n" for line in lines))
+    path = box.user_home / ".qmail-default"
+    assert found == [
+        f"{path} line 1 is indented: the MTA reads {lines[0]!r} as an address to forward to; "
+        "start it at column 0",
+        f"{path} line 2 is indented: the MTA reads './Maildir/' as an address to forward to; "
+        "start it at column 0",
+        f"{path} does not run crtool first (its first line is '  {lines[0]}'); run 'crtool "
+        "init --install'"]
+
+
+def test_missing_or_wrong_dot_qmail_files_are_reported(tmp_path: Path) -> None:
+    box = make_home(tmp_path)
+    (box.user_home / ".qmail").unlink()
+    code, found = doctor(box)
+    assert code == 4 and found == [
+        f"{box.user_home / '.qmail'} is missing: qmail delivers the bare address without "
+        "crtool; run 'crtool init --install'"]
+    path = box.user_home / ".qmail-default"
+    right = path.read_text()
+    assert dotfile_problems(box, ".qmail-default", "./Maildir/\n" + right)[1:] == [
+        f"{path} does not run crtool first (its first line is './Maildir/'); run 'crtool "
+        "init --install'"]
+    found = dotfile_problems(box, ".qmail-default", "|crtool deliver\n./Maildir/\n")[1:]
+    assert len(found) == 1 and "names crtool without an absolute path" in found[0]
+    found = dotfile_problems(box, ".qmail-default", "|/opt/old/bin/crtool deliver\n./Maildir/\n")
+    assert found[1:] == [f"{path} line 1 runs /opt/old/bin/crtool, not this crtool "
+                         f"({crtool_executable()})"]
+    found = dotfile_problems(box, ".qmail-default", right.splitlines()[0] + "\n")
+    assert found[1:] == [f"{path} has no line after crtool's to deliver whitelisted mail"]
+    path.write_text(right)
+    path.chmod(0o646)
+    code, found = doctor(box)
+    assert found[1:] == [f"{path} is writable by everyone: the MTA refuses it; chmod o-w it"]
+
+
+def test_a_stale_serve_socket_is_reported(tmp_path: Path) -> None:
+    box = make_home(tmp_path)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stale.bind(str(box.home / "crtool.sock"))
+    stale.close()
+    code, found = doctor(box)
+    assert code == 4 and found == [
+        f"{box.home / 'crtool.sock'} is stale: no crtool serve answers on it; start crtool "
+        "serve or remove the file"]

@@ -1,4 +1,4 @@
-"""A broken environment is a temporary failure (DESIGN §7a): exit 111 with one clear line on
+"""A broken environment is a temporary failure (contract §3): exit 111 with one clear line on
 stderr, nothing half-written, and the same delivery succeeds once the fault is gone.
 
 Each fault is made real: the database file moved away, overwritten, mounted read-only or locked

@@ -8,7 +8,7 @@ import time
 from sqlalchemy import insert
 
 from crtool.store.engine import make_engine, transaction
-from crtool.store.models import Pending, PendingBody
+from crtool.store.models import Pending, PendingChunk
 from tests.support import Mailbox
 
 
@@ -30,10 +30,10 @@ def hold_many(mailbox: Mailbox, per_reason: dict[str, int], senders: int = 500) 
                 message_id="", received_at=now - 20_000 + number, size=100 + number,
                 digest=f"{number:064d}", mta="qmail", status="held", reason=reason,
                 challenged_at=None, released_at=None, digest_id=None))
-            bodies.append(dict(pending_id=pending_id, owner=mailbox.address,
-                               raw=f"Subject: message {number}\n\nhello\n".encode()))
+            bodies.append(dict(pending_id=pending_id, seq=0, owner=mailbox.address,
+                               data=f"Subject: message {number}\n\nhello\n".encode()))
     with transaction(engine) as session:
         for start in range(0, len(rows), 2000):
             session.execute(insert(Pending), rows[start:start + 2000])
-            session.execute(insert(PendingBody), bodies[start:start + 2000])
+            session.execute(insert(PendingChunk), bodies[start:start + 2000])
     engine.dispose()

@@ -1,10 +1,20 @@
-"""`crtool deliver` as qmail-local runs it, through every branch of DESIGN §1."""
+"""`crtool deliver` as qmail-local runs it, through every branch of contract §1."""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
+from typing import Any
 
+import pytest
+
+from crtool import delivery, service
+from crtool import message as message_module
+from crtool.client import Request
+from crtool.config import Settings
+from crtool.exits import Outcome
+from crtool.message import Facts
 from tests.support import Mailbox, confirm_address_of, crtool_executable, message, qmail_env
 
 STRANGER = "bob@remote.test"
@@ -75,10 +85,13 @@ def test_unknown_sender_is_held_and_challenged_once(mailbox: Mailbox) -> None:
     assert challenge["Precedence"] == "bulk"
     assert challenge["X-Auto-Response-Suppress"] == "All"
     assert challenge["In-Reply-To"] == challenge["References"] == "<m1@remote.test>"
-    assert challenge["From"] == challenge["Reply-To"] == confirm_address_of(challenge)
+    [sender] = challenge["From"].addresses
+    assert sender.addr_spec == challenge["Reply-To"] == confirm_address_of(challenge)
+    assert sender.display_name == "alice@example.test (confirmation)"
     assert "Lunch?" in str(challenge["Subject"])
     body = challenge.get_content()
-    assert confirm_address_of(challenge) in body and "Are you free on Friday?" in body
+    # The challenge may go to a forged address: none of the held message's text by default.
+    assert confirm_address_of(challenge) in body and "Are you free on Friday?" not in body
     [held] = json.loads(mailbox.ok("pending", "list", "--json"))
     assert {held[k] for k in ("sender", "subject", "status", "reason")} == {
         STRANGER, "Lunch?", "held", "challenged"}
@@ -258,3 +271,77 @@ def test_a_delivery_line_crtool_cannot_read_is_retried_not_bounced(mailbox: Mail
     # The = form carries such a value safely.
     result = mailbox.deliver(message(), STRANGER, args=("--recipient=-x@example.test",))
     assert result.returncode == 99
+
+
+def test_a_sendmail_that_keeps_failing_mails_one_person_at_most_three_times(
+        mailbox: Mailbox) -> None:
+    """This sendmail hands each message on (the outbox gets it) and then exits 1, as a real
+    one can. Each failure is a retry for the MTA; the fourth delivery runs no sendmail, and
+    the message stays held with reason challenge_failed, the delivery done."""
+    original = message(STRANGER, subject="retried")
+    failing = {"CRTOOL_TEST_SENDMAIL_EXIT": "1"}
+    codes = [mailbox.deliver(original, STRANGER, extra_env=failing).returncode
+             for _ in range(6)]
+    assert codes == [111, 111, 111, 99, 99, 99]
+    assert [args[-1] for args, _ in mailbox.outbox.drain(3)] == [STRANGER] * 3
+    [held] = json.loads(mailbox.ok("pending", "list", "--json"))
+    assert (held["status"], held["reason"]) == ("held", "challenge_failed")
+    last = mailbox.deliver(original, STRANGER, extra_env=failing)
+    assert b"challenge not sent after 3 tries" in last.stderr
+    counts = json.loads(mailbox.ok("stats", "--json"))["counts"]
+    assert (counts["held"], counts["challenged"], counts["challenge_failed"]) == (1, 1, 1)
+    # A new message from him is held as usual, within the rate limit: not challenged again.
+    assert mailbox.deliver(message(STRANGER, subject="another"), STRANGER,
+                           extra_env=failing).returncode == 99
+    mailbox.outbox.drain(0)
+
+
+def test_a_sendmail_that_fails_twice_then_works_sends_on_the_third_try(
+        mailbox: Mailbox) -> None:
+    original = message(STRANGER, subject="third time")
+    for _ in range(2):
+        result = mailbox.deliver(original, STRANGER, extra_env={"CRTOOL_TEST_SENDMAIL_EXIT": "75"})
+        assert result.returncode == 111
+    assert mailbox.deliver(original, STRANGER).returncode == 99
+    assert mailbox.deliver(original, STRANGER).returncode == 99
+    assert len(mailbox.outbox.drain(3)) == 3
+    [held] = json.loads(mailbox.ok("pending", "list", "--json"))
+    assert held["reason"] == "challenged"
+
+
+def test_the_head_is_parsed_once_per_delivery(mailbox: Mailbox,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path's look at the head is passed on to the full path, not parsed again.
+    Counted where every parse ends, in the Facts it makes, however parse_head was imported."""
+    parsed: list[Facts] = []
+
+    class Counted(Facts):
+        def __init__(self, **fields: Any) -> None:
+            super().__init__(**fields)
+            parsed.append(self)
+
+    monkeypatch.setattr(message_module, "Facts", Counted)
+    monkeypatch.setenv("CRTOOL_TEST_OUTBOX", str(mailbox.outbox.path))
+    mailbox.ok("whitelist", "add", "friend@example.org")
+    mailbox.ok("blacklist", "add", "spam@remote.test")
+    boxes: list[service.Mailbox] = []
+
+    class Resources(delivery.OneShot):
+        def mailbox(self, settings: Settings) -> service.Mailbox:
+            boxes.append(super().mailbox(settings))
+            return boxes[-1]
+
+    try:
+        for sender, outcome in ((STRANGER, Outcome.HELD),
+                                ("friend@example.org", Outcome.CONTINUE),
+                                ("spam@remote.test", Outcome.DROPPED)):
+            env = {k.encode(): v.encode()
+                   for k, v in qmail_env(sender, mailbox.address, mailbox.user_home).items()}
+            answer = delivery.handle(mailbox.home, Request(environ=env),
+                                     io.BytesIO(message(sender)), Resources(), fast=True)
+            assert (answer.outcome, len(parsed)) == (outcome.value, 1), answer
+            parsed.clear()
+    finally:
+        for box in boxes:
+            box.engine.dispose()
+    mailbox.outbox.drain(1)

@@ -1,4 +1,4 @@
-"""Hostile input is held, never a traceback and never a temporary failure (DESIGN §7a).
+"""Hostile input is held, never a traceback and never a temporary failure (contract §3).
 
 A tempfail makes qmail retry for a week and bounce anyway, so a strange message must not earn
 one: garbage bytes, no header block, headers that make Python's email parser raise, a header of
@@ -35,7 +35,8 @@ def assert_held_intact(box: Mailbox, data: bytes, sender: str = STRANGER) -> Non
     assert b"held as" in result.stderr, result.stderr
     rows = held_rows(box)
     assert len(rows) == 1
-    assert box.run("pending", "show", str(rows[0]["id"])).stdout == data
+    shown = box.run("pending", "show", str(rows[0]["id"]))
+    assert shown.returncode == 0 and shown.stdout == data, shown.stderr
 
 
 HOSTILE = {
@@ -73,29 +74,36 @@ def test_unknown_sender_with_valid_address_still_gets_one_challenge(mailbox: Mai
     assert len(mailbox.outbox.drain(1)) == 1
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("SENDER", "bob@remote.test\nBcc: victim@example.com"),
-    ("SENDER", "$(touch /tmp/crtool-pwned)@remote.test"),
-    ("SENDER", "`touch /tmp/crtool-pwned`;rm -rf /;@remote.test"),
-    ("SENDER", "-oQ/tmp/x@remote.test"),
-    ("SENDER", "x" * 10_240 + "@remote.test"),
-    ("SENDER", "a@" + "b" * 10_240),
-    ("RECIPIENT", "alice@example.test\nX-Injected: 1"),
-    ("RECIPIENT", "alice-confirm-" + "a" * 10_240 + "@example.test"),
-    ("RECIPIENT", "alice-confirm-$(id)@example.test"),
-    ("EXT", "confirm-|sh"),
-    ("DTLINE", "Delivered-To: " + "z" * 10_240 + "\n"),
-    ("HOST", "example.test; rm -rf /"),
+# The third column is how many challenges the delivery must send, from the rules themselves:
+# one to a sender that is a plain valid address (a leading "-" is valid: sendmail gets it
+# after "--"), none to an invalid one, none for mail to a confirm address (a bad token sends
+# nothing), and what the MTA says about the recipient or the host changes nothing else.
+@pytest.mark.parametrize(("variable", "value", "challenges"), [
+    ("SENDER", "bob@remote.test\nBcc: victim@example.com", 0),
+    ("SENDER", "$(touch /tmp/crtool-pwned)@remote.test", 0),
+    ("SENDER", "`touch /tmp/crtool-pwned`;rm -rf /;@remote.test", 0),
+    ("SENDER", "-oQ/tmp/x@remote.test", 1),
+    ("SENDER", "x" * 10_240 + "@remote.test", 0),
+    ("SENDER", "a@" + "b" * 10_240, 0),
+    ("RECIPIENT", "alice@example.test\nX-Injected: 1", 1),
+    ("RECIPIENT", "alice-confirm-" + "a" * 10_240 + "@example.test", 0),
+    ("RECIPIENT", "alice-confirm-$(id)@example.test", 0),
+    ("EXT", "confirm-|sh", 1),
+    ("DTLINE", "Delivered-To: " + "z" * 10_240 + "\n", 1),
+    ("HOST", "example.test; rm -rf /", 1),
 ])
 def test_hostile_environment_value_is_held_or_dropped_never_a_tempfail(
-        mailbox: Mailbox, variable: str, value: str) -> None:
+        mailbox: Mailbox, variable: str, value: str, challenges: int) -> None:
     result = mailbox.deliver(b"From: x@remote.test\nSubject: env\n\nbody\n", STRANGER,
                              extra_env={variable: value})
     assert result.returncode == 99, result.stderr
     assert result.stderr.count(b"\n") == 1 and b"Traceback" not in result.stderr
     assert not Path("/tmp/crtool-pwned").exists()
-    for _args, challenge in mailbox.outbox.drain(len(list(mailbox.outbox._new()))):
-        # Whatever went out has one recipient and no header taken from the environment.
+    sender = value if variable == "SENDER" else STRANGER
+    for args, challenge in mailbox.outbox.drain(challenges):
+        # Exactly one recipient, the envelope sender, after "--"; no header taken from the
+        # environment.
+        assert args[-2:] == ["--", sender], args
         assert "victim@example.com" not in challenge.as_string()
         assert challenge["X-Injected"] is None
 
@@ -173,3 +181,43 @@ def test_fifty_megabytes_whitelisted_pass_with_bounded_memory(mailbox: Mailbox,
     assert peak - baseline < 16 * 1024, (baseline, peak)
     delivered = sorted((mailbox.maildir / "new").iterdir(), key=lambda p: p.stat().st_size)
     assert delivered[-1].read_bytes().endswith(data)
+
+
+def test_terminal_escapes_in_an_envelope_sender_are_shown_escaped(mailbox: Mailbox) -> None:
+    """`pending list` shows what arrived, escaped: no ESC, C1 control, bidi override or line
+    separator of a stranger's reaches the owner's terminal."""
+    sender = "\x1b]0;owned\x07\x1b[2J\u009b31m\u202eevil\u2028x@remote.test"
+    subject = "=?utf-8?q?=1B[2J=C2=9B31m=E2=80=AEabc?="
+    result = mailbox.deliver(f"From: x@remote.test\nSubject: {subject}\n\nbody\n".encode(),
+                             sender)
+    assert result.returncode == 99, result.stderr
+    text = mailbox.run("pending", "list").stdout.decode()
+    assert "\\x1b]0;owned\\x07\\x1b[2J" in text
+    assert all(line.isprintable() for line in text.splitlines()), text
+    listed = mailbox.run("pending", "list", "--json").stdout.decode()
+    assert all(line.isprintable() for line in listed.splitlines()), listed
+    [row] = json.loads(listed)
+    assert row["sender"] == sender
+
+
+@pytest.mark.parametrize(("head", "sender"), [
+    (b"Subject: =?utf-8?q?caf=E9_cr=C3=A8me?=\nMessage-ID: <m1@remote.test>\n", STRANGER),
+    (b"Subject: x\nMessage-ID: <m1@remote.test>\n", "=?utf-8?q?=0d=0aX-Inj:_yes?=@remote.test"),
+    (b"Subject: x\nMessage-ID: <=?utf-8?q?=0d=0aX-Inj:_yes?=@remote.test>\n", STRANGER),
+    (b"Subject: =?utf-8?b?eA0KQ29udGVudC1UeXBlOiB0ZXh0L2h0bWwNCg0KPGEgaHJlZj14Pg==?=\n",
+     STRANGER),
+])
+def test_encoded_words_are_held_and_answered_by_one_plain_challenge(
+        mailbox: Mailbox, head: bytes, sender: str) -> None:
+    """Each once made the challenge fail to build (a retry forever) or gave it a header of
+    the sender's making; now the message is held and one sound challenge goes to the envelope
+    sender, by the interpreter crtool runs on."""
+    data = b"From: x@remote.test\n" + head + b"\nbody\n"
+    result = mailbox.deliver(data, sender)
+    assert result.returncode == 99, result.stderr
+    [(args, challenge)] = mailbox.outbox.drain(1)
+    assert args[-2:] == ["--", sender]
+    assert challenge.get_content_type() == "text/plain" and not challenge.is_multipart()
+    assert challenge["X-Inj"] is None and challenge["Content-Type"].count("text/plain") == 1
+    for name, value in challenge.items():
+        assert str(value).isprintable() and "=?" not in str(value), (name, value)

@@ -58,7 +58,7 @@ class Relay:
 
 def crtool_owner(tmp_path: Path, database_url: str, address: str) -> Mailbox:
     """An owner set up with `crtool init`, sending through the relay. Both owners share one
-    database, as DESIGN §7 allows: every row carries its owner."""
+    database, as contract §7 allows: every row carries its owner."""
     user = address.split("@")[0]
     home = tmp_path / user
     home.mkdir(mode=0o755, exist_ok=True)

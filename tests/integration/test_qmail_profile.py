@@ -1,6 +1,6 @@
 """The qmail profile as qmail-local drives it: the .qmail file chosen for the address, each line
 run in turn with qmail's environment, in $HOME, on the same seekable stdin without
-Return-Path/Delivered-To, and the exit codes read as qmail reads them (MTA.md, dot-qmail(5),
+Return-Path/Delivered-To, and the exit codes read as qmail reads them (dot-qmail(5),
 qmail-command(8)). No qmail runs on this machine, so `QmailLocal` below does what qmail-local
 does for a program line and a maildir line and nothing more; crtool itself runs for real.
 """

@@ -155,11 +155,41 @@ def test_the_socket_is_the_owners_alone_and_one_server_runs(mailbox: Mailbox,
                                                             server: Server) -> None:
     mode = server.socket_path.lstat().st_mode
     assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    log_before = server.log()
     second = mailbox.run("serve")
     assert second.returncode == 4
     assert second.stderr.startswith(b"crtool: error: another server is listening on ")
     assert second.stderr.count(b"\n") == 1
     assert server.process.poll() is None
+    # The second one's probe is no request: the first has nothing to log about it, and
+    # doctor's probe neither.
+    assert mailbox.run("doctor").stdout.count(b"crtool.sock") == 0
+    assert deliver_file(mailbox, message(STRANGER), STRANGER).returncode == 99
+    _wait_for(lambda: server.served() == 1, "the delivery to be logged")
+    assert server.log()[len(log_before):].splitlines() == [
+        line for line in server.log()[len(log_before):].splitlines() if _SERVED.match(line)]
+    mailbox.outbox.drain(1)
+
+
+def test_an_unknown_mta_profile_on_the_socket_is_refused(mailbox: Mailbox,
+                                                         server: Server) -> None:
+    """Only the command line's own profiles cross the socket; a 40-character name from
+    another client is refused, never stored."""
+    from crtool import client
+
+    path = mailbox.user_home / "incoming.eml"
+    path.write_bytes(message(STRANGER))
+    request = client.Request(mta="x" * 40, sender=STRANGER, recipient=mailbox.address)
+    with open(path, "rb") as stdin:
+        connection = client.connect(str(server.socket_path))
+        assert connection is not None
+        with connection:
+            answer = client._exchange(connection, request, stdin.fileno(), 0)
+    assert answer is None
+    _wait_for(lambda: "refused a malformed request: unknown MTA profile" in server.log(),
+              "the refusal to be logged")
+    assert server.served() == 0
+    assert json.loads(mailbox.ok("pending", "list", "--json")) == []
 
 
 def test_sigterm_removes_the_socket_and_deliver_carries_on_in_process(
@@ -264,7 +294,7 @@ HEAVY = re.compile(r"\| +(sqlalchemy|jinja2|itsdangerous|alembic)\b", re.MULTILI
 
 
 def test_whitelisted_mail_never_imports_sqlalchemy(tmp_path: Path) -> None:
-    # The fast read path (DESIGN §7b) is for SQLite; on PostgreSQL the server is the lean way.
+    # The fast read path (contract §10) is for SQLite; on PostgreSQL the server is the lean way.
     mailbox = other_mailbox(tmp_path, "alice")
     mailbox.ok("whitelist", "add", "friend@example.org")
     assert HEAVY.findall(_imports(mailbox, "friend@example.org")) == []

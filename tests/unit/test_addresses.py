@@ -49,11 +49,77 @@ def test_every_pattern_form_matches_its_own_address(address: str) -> None:
         assert addresses.parse_pattern(f"*@*.{parent}").key in keys
 
 
-def test_specificity_orders_exact_over_domain_over_subdomains() -> None:
-    exact, domain, sub = "a@x.example.com", "@x.example.com", "*.x.example.com"
-    assert addresses.specificity(exact) > addresses.specificity(domain)
-    assert addresses.specificity(domain) > addresses.specificity(sub)
-    assert addresses.specificity("*.x.example.com") > addresses.specificity("*.example.com")
+@pytest.mark.parametrize(("sender", "person"), [
+    ("bob@remote.test", "bob@remote.test"),
+    ("Bob+News@Remote.TEST", "bob@remote.test"),
+    ("bob+a+b@remote.test", "bob@remote.test"),
+    ("+bob@remote.test", "+bob@remote.test"),  # nothing before the separator: no sub-address
+    ("prvs=1234abcdef=bob@remote.test", "bob@remote.test"),
+    ("PRVS=1234ABCDEF=Bob@Remote.test", "bob@remote.test"),
+    ("msprvs1=18342f3lPqgqK=bounces-123@remote.test", "bounces-123@remote.test"),
+    ("btv1==0123abcd==bob@remote.test", "bob@remote.test"),
+    ("prvs=1234abcdef=bob+list@remote.test", "bob@remote.test"),
+    ("SRS0=HHHH=TT=orig.test=bob@fwd.test", "bob@orig.test"),
+    ("srs0+HHHH=TT=orig.test=bob@fwd.test", "bob@orig.test"),
+    ("SRS1=HHHH=fwd1.test==HHHH=TT=orig.test=bob@fwd2.test", "bob@orig.test"),
+    ("SRS0=HHHH=TT=orig.test=prvs=1234abcdef=bob@fwd.test", "bob@orig.test"),
+    ("SRS0=HHHH=TT=orig.test=a=b@fwd.test", "a=b@orig.test"),
+    ("B.o.b@gmail.com", "bob@gmail.com"),
+    ("b.o.b+x@googlemail.com", "bob@googlemail.com"),
+    # Dots are kept everywhere else: john.smith and johns.mith may be two people.
+    ("john.smith@remote.test", "john.smith@remote.test"),
+    # Not quite a tag: left as it arrived.
+    ("prvs=bob@remote.test", "prvs=bob@remote.test"),
+    ("SRS0=HH=TT=bob@fwd.test", "srs0=hh=tt=bob@fwd.test"),
+    ("SRS0=HH=TT=not a domain=bob@fwd.test", "srs0=hh=tt=not a domain=bob@fwd.test"),
+    ("SRS0=HH=TT=*.evil.test=bob@fwd.test", "srs0=hh=tt=*.evil.test=bob@fwd.test"),
+    ("SRS1=HH=fwd1.test=HH=TT=orig.test=bob@fwd.test",
+     "srs1=hh=fwd1.test=hh=tt=orig.test=bob@fwd.test"),
+    ("*@evil.test", "*@evil.test"),
+])
+def test_unmangle_finds_the_person_behind_a_tagged_sender(sender: str, person: str) -> None:
+    assert addresses.unmangle(sender) == person
+
+
+def test_subaddress_separators_are_the_owners_choice() -> None:
+    assert addresses.unmangle("bob-news@remote.test", "+-") == "bob@remote.test"
+    assert addresses.unmangle("bob-news@remote.test") == "bob-news@remote.test"
+    assert addresses.unmangle("bob+news@remote.test", "") == "bob+news@remote.test"
+
+
+def test_lookup_keys_put_the_tagged_form_first_then_the_person() -> None:
+    assert addresses.lookup_keys("Bob+x@Mail.Example.COM") == [
+        "bob+x@mail.example.com", "bob@mail.example.com", "@mail.example.com",
+        "*.example.com", "*.com"]
+    # SRS: the forwarder's own domain keys, then the original sender's.
+    assert addresses.lookup_keys("SRS0=HHHH=TT=orig.test=bob@fwd.test") == [
+        "srs0=hhhh=tt=orig.test=bob@fwd.test", "bob@orig.test", "@fwd.test", "*.test",
+        "@orig.test"]
+
+
+@pytest.mark.parametrize(("sender", "key"), [
+    ("*@evil.test", "*@evil.test"),
+    ("Bob@Remote.test", "bob@remote.test"),
+    ("bob+news@remote.test", "bob@remote.test"),
+    ("prvs=1234abcdef=bob@remote.test", "bob@remote.test"),
+    # Across domains, the address as it arrived: the forwarder vouches for nothing.
+    ("SRS0=HHHH=TT=orig.test=bob@fwd.test", "srs0=hhhh=tt=orig.test=bob@fwd.test"),
+    ("", None), ("@evil.test", None), ("*.evil.test", None), ("bob", None),
+    ("@x@evil.test", None), ("*@*.evil.test", None),
+])
+def test_a_confirmed_sender_is_one_exact_entry_never_owner_syntax(sender: str,
+                                                                  key: str | None) -> None:
+    pattern = addresses.confirmed_pattern(sender)
+    if key is None:
+        assert pattern is None
+        return
+    assert pattern is not None and (pattern.kind, pattern.key) == (addresses.EXACT, key)
+    # It matches the sender itself and is none of the domain keys of the sender's domain.
+    keys = addresses.lookup_keys(sender)
+    assert key in keys
+    assert key not in addresses.lookup_keys("other@" + addresses.split_address(sender)[1])
+    # What the owner sees reads back as the same exact entry (export, then import).
+    assert addresses.parse_pattern(pattern.text) == pattern
 
 
 @pytest.mark.parametrize(("recipient", "token"), [

@@ -1,4 +1,4 @@
-"""The challenge as DESIGN §6 has it: its fixed set of headers, the RFC 3834 marks, and a body
+"""The challenge as contract §6 has it: its fixed set of headers, the RFC 3834 marks, and a body
 that quotes the original's key headers and a short excerpt only. Whatever an incoming message
 carries in its headers can neither add a header nor a recipient to the challenge."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from dataclasses import replace
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crtool import challenge
-from crtool.config import settings_from_mapping
+from crtool.config import Settings, settings_from_mapping
 from crtool.envelope import _SENDER, valid_mailbox
 from crtool.message import parse_head
 
@@ -23,16 +24,17 @@ SETTINGS = settings_from_mapping(Path("/nonexistent/crtool-home"),
                                  {"address": "alice@example.test", "maildir": "/nonexistent"})
 NOW = 1_790_000_000
 TOKEN = "abcdefghijklmnopqrstuvwx"
+CONFIRM = f"alice-confirm-{TOKEN}@example.test"
 HEADERS = {"from", "reply-to", "to", "subject", "date", "message-id", "auto-submitted",
            "precedence", "x-auto-response-suppress", "x-crtool-challenge", "content-type",
            "content-transfer-encoding", "mime-version"}
 REPLY_HEADERS = {"in-reply-to", "references"}
 
 
-def make(raw: bytes, sender: str = "bob@remote.test") -> tuple[bytes, EmailMessage]:
+def make(raw: bytes, sender: str = "bob@remote.test",
+         settings: Settings = SETTINGS) -> tuple[bytes, EmailMessage]:
     facts = parse_head(raw)
-    context = challenge.context_for(SETTINGS, sender, facts, raw, TOKEN, NOW, "p1")
-    data = challenge.build(SETTINGS, context, challenge.render(SETTINGS, context), NOW)
+    data = challenge.compose(settings, sender, facts, raw, TOKEN, NOW, "p1")
     parsed = email.message_from_bytes(data, policy=email.policy.default)
     assert isinstance(parsed, EmailMessage)
     return data, parsed
@@ -54,21 +56,47 @@ def test_a_challenge_carries_the_marks_of_an_automatic_reply() -> None:
     assert parsed["Precedence"] == "bulk"
     assert parsed["X-Auto-Response-Suppress"] == "All"
     assert parsed["In-Reply-To"] == parsed["References"] == "<m1@remote.test>"
-    assert parsed["From"] == parsed["Reply-To"] == f"alice-confirm-{TOKEN}@example.test"
+    assert parsed["Reply-To"] == CONFIRM
+    [sender] = parsed["From"].addresses
+    assert (sender.display_name, sender.addr_spec) == ("alice@example.test (confirmation)",
+                                                       CONFIRM)
     assert parsed["To"] == "bob@remote.test"
     body = parsed.get_content()
-    assert "Lunch?" in body and "> Are you free?" in body
+    assert "Lunch?" in body and "Are you free?" not in body
+
+
+def test_the_from_shows_the_owners_name() -> None:
+    for name, shown in (("Alice", "Alice (confirmation)"),
+                        ('Al "the" \\ice', 'Al "the" \\ice (confirmation)'),
+                        ("Jörg Müller", "Jörg Müller (confirmation)"),
+                        ("Eve\r\nBcc: x@y.test", "Eve Bcc: x@y.test (confirmation)")):
+        data, parsed = make(b"Subject: x\n\nhi\n", settings=replace(SETTINGS, name=name))
+        [sender] = parsed["From"].addresses
+        assert (sender.display_name, sender.addr_spec) == (shown, CONFIRM), data
+        assert sorted(header_names(data)) == sorted(HEADERS)
+
+
+def test_by_default_no_line_of_the_body_is_quoted() -> None:
+    original = b"From: bob@remote.test\nSubject: report\n\nthe secret report\n"
+    _, parsed = make(original)
+    assert "secret" not in parsed.get_content()
 
 
 def test_the_body_quotes_an_excerpt_never_the_whole_message() -> None:
     lines = [f"line {n} of the secret report" for n in range(200)]
     original = b"From: bob@remote.test\nSubject: report\n\n" + "\n".join(lines).encode()
-    _, parsed = make(original)
+    _, parsed = make(original, settings=replace(SETTINGS, challenge_excerpt_lines=4))
     body = parsed.get_content()
     quoted = [line for line in body.splitlines() if line.startswith("    > ")]
-    assert quoted == [f"    > line {n} of the secret report" for n in
-                      range(challenge.EXCERPT_LINES)]
+    assert quoted == [f"    > line {n} of the secret report" for n in range(4)]
     assert "line 4 of" not in body
+
+
+def test_the_subject_is_shown_cut_to_78_characters() -> None:
+    subject = "".join(f"{n:03d}-" for n in range(60))
+    _, parsed = make(f"Subject: {subject}\n\nhi\n".encode())
+    assert str(parsed["Subject"]) == f"Please confirm your message: {subject[:78]}"
+    assert f"Subject: {subject[:78]}\n" in parsed.get_content()
 
 
 def test_an_encoded_body_is_not_quoted_at_all() -> None:
@@ -112,8 +140,8 @@ def test_no_header_value_adds_a_header_or_a_recipient(subject: str, from_: str,
     # One recipient, the envelope sender; From and Reply-To only the confirm address.
     local, _, domain = sender.rpartition("@")
     assert [(a.username, a.domain) for a in parsed["To"].addresses] == [(local, domain)]
-    assert str(parsed["From"]) == str(parsed["Reply-To"]) == \
-        f"alice-confirm-{TOKEN}@example.test"
+    assert str(parsed["Reply-To"]) == CONFIRM
+    assert [a.addr_spec for a in parsed["From"].addresses] == [CONFIRM]
     assert not parsed.is_multipart()
     assert re.fullmatch(r"Please confirm your message: .*", str(parsed["Subject"]), re.S)
     assert "\n" not in str(parsed["Subject"]) and "\r" not in str(parsed["Subject"])

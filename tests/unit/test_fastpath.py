@@ -1,10 +1,11 @@
-"""The fast read path (DESIGN §7b): the SQL it runs is what SQLAlchemy compiles from the one
+"""The fast read path (contract §10): the SQL it runs is what SQLAlchemy compiles from the one
 schema, it reads the lists exactly as the full path does, and it only ever says "whitelisted"."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ from sqlalchemy.dialects import sqlite
 
 from crtool import addresses, fastpath, policy
 from crtool.config import Settings
-from crtool.envelope import Envelope, RawMessage
+from crtool.envelope import Envelope
+from crtool.message import parse_head
 from crtool.store import lists, schema
 from crtool.store.engine import enable_wal, make_engine, sqlite_path, transaction
 
@@ -67,17 +69,19 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def _key(settings: Settings, sender: str, recipient: str = OWNER) -> str | None:
-    raw = RawMessage.from_bytes(b"From: x@example.org\nSubject: hi\n\nbody\n")
-    return fastpath.whitelisted(settings, Envelope(sender, recipient), raw)
+    facts = parse_head(b"From: x@example.org\nSubject: hi\n\nbody\n")
+    return fastpath.whitelisted(settings, Envelope(sender, recipient), facts)
 
 
 def test_lookup_returns_what_the_full_path_returns(settings: Settings) -> None:
     engine = make_engine(settings.database_url)
     for sender in ("bob@example.org", "spam@Example.org", "friend@junk.test", "x@junk.test",
-                   "nobody@else.test", "not an address"):
+                   "nobody@else.test", "not an address", "friend+x@junk.test",
+                   "prvs=1234abcdef=spam@example.org", "SRS0=hh=tt=junk.test=friend@fwd.test"):
+        keys = addresses.lookup_keys(sender)
         with transaction(engine, write=False) as session:
-            full = sorted(lists.matches(session, OWNER, sender))
-        assert sorted(fastpath.lookup(Path(settings.database_url[10:]), OWNER, sender) or []) \
+            full = sorted(lists.matches(session, OWNER, keys))
+        assert sorted(fastpath.lookup(Path(settings.database_url[10:]), OWNER, keys) or []) \
             == full
     engine.dispose()
 
@@ -91,6 +95,43 @@ def test_only_a_plain_whitelisted_sender_is_decided(settings: Settings) -> None:
     assert _key(settings, "stranger@remote.test") is None
     assert _key(settings, "") is None
     assert _key(settings, "bob@example.org", "alice-confirm-abcd@example.test") is None
+
+
+def test_a_tagged_sender_is_looked_up_as_the_person(settings: Settings) -> None:
+    assert _key(settings, "friend+news@junk.test") == "friend@junk.test"
+    assert _key(settings, "prvs=1234abcdef=friend@junk.test") == "friend@junk.test"
+    # The blacklisted exact address stays blacklisted under any tag.
+    assert _key(settings, "spam+x@example.org") is None
+    assert _key(settings, "prvs=1234abcdef=spam@example.org") is None
+
+
+def _forged_key(settings: Settings, results: str, authserv_id: str = "mx.example.test",
+                sender: str = "bob@example.org") -> str | None:
+    facts = parse_head(
+        f"Authentication-Results: mx.example.test; {results}\n"
+        f"From: {sender}\nSubject: hi\n\nbody\n".encode())
+    settings = replace(settings, authserv_id=authserv_id)
+    return fastpath.whitelisted(settings, Envelope(sender, OWNER), facts)
+
+
+def test_a_whitelisted_address_the_mta_calls_forged_is_never_accepted_here(
+        settings: Settings) -> None:
+    # The fast path asks the same policy.classify as the full path: it declines, and the full
+    # path holds the message (whitelist_forged).
+    assert _forged_key(settings, "dmarc=fail header.from=example.org") is None
+    assert _forged_key(settings, "spf=fail smtp.mailfrom=bob@example.org") is None
+    assert _forged_key(settings, "spf=fail smtp.mailfrom=bob@example.org; "
+                                 "dkim=pass header.d=evil.test") is None
+    # Forwarded mail: SPF fails, the sender's own signature verifies.
+    assert _forged_key(settings, "spf=fail smtp.mailfrom=bob@example.org; "
+                                 "dkim=pass header.d=example.org") == "@example.org"
+    # An SRS address naming a whitelisted sender: only his own domain's signature counts.
+    srs = "SRS0=hh=tt=example.org=bob@fwd.test"
+    assert _forged_key(settings, "spf=pass smtp.mailfrom=" + srs, sender=srs) is None
+    assert _forged_key(settings, "dkim=pass header.d=example.org", sender=srs) == "@example.org"
+    # Without authserv_id no header is trusted, so nothing is judged forged.
+    assert _forged_key(settings, "dmarc=fail header.from=example.org",
+                       authserv_id="") == "@example.org"
 
 
 def test_an_unreadable_database_leaves_the_decision_to_the_full_path(

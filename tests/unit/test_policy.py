@@ -1,13 +1,14 @@
-"""The checklist of MTA.md "Before any automatic reply", one table row per rule, on the pure
+"""The checklist of RFC 3834 and docs/reasons.md, one table row per rule, on the pure
 policy core: each row is an incoming message and the reason it gets no challenge (or None)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import pytest
 
-from crtool import policy
+from crtool import addresses, policy
 from crtool.message import parse_head
 
 OWNER = "alice@example.test"
@@ -143,6 +144,90 @@ def test_whitelist_and_blacklist_come_before_every_rule() -> None:
     assert (white.action, black.action) == (policy.Action.ACCEPT, policy.Action.BLACKLISTED)
 
 
+# The keys of one sender at every specificity: the tagged form, the person, the domain, the
+# parent domains.
+TAGGED = "bob+news@mail.remote.test"
+
+
+@pytest.mark.parametrize("key", addresses.lookup_keys(TAGGED))
+def test_the_blacklist_wins_a_tie_at_every_specificity(key: str) -> None:
+    """The same key on both lists: blacklisted, whichever list the store returns first."""
+    keys = addresses.lookup_keys(TAGGED)
+    for matches in ([(policy.WHITE, key), (policy.BLACK, key)],
+                    [(policy.BLACK, key), (policy.WHITE, key)]):
+        assert policy.decide_listing(matches, keys) == policy.Listing(policy.BLACK, key)
+
+
+def test_the_more_specific_entry_wins_whichever_list_it_is_on() -> None:
+    keys = addresses.lookup_keys(TAGGED)
+    assert keys == ["bob+news@mail.remote.test", "bob@mail.remote.test", "@mail.remote.test",
+                    "*.remote.test", "*.test"]
+    for narrow, wide in itertools.pairwise(keys):
+        for narrow_list, wide_list in ((policy.WHITE, policy.BLACK),
+                                       (policy.BLACK, policy.WHITE)):
+            for matches in ([(narrow_list, narrow), (wide_list, wide)],
+                            [(wide_list, wide), (narrow_list, narrow)]):
+                assert policy.decide_listing(matches, keys) == policy.Listing(narrow_list,
+                                                                              narrow)
+    assert policy.decide_listing([], keys) is None
+
+
+WHITE = policy.Listing(policy.WHITE, "bob@remote.test")
+
+
+@pytest.mark.parametrize(("results", "forged"), [
+    ("dmarc=fail header.from=remote.test", True),
+    ("spf=fail smtp.mailfrom=bob@remote.test", True),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=pass header.d=evil.test", True),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=fail header.d=remote.test", True),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=pass header.d=remote.test", False),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=pass header.i=@remote.test", False),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=pass header.d=test", False),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=pass header.d=x.remote.test", True),
+    ("spf=fail smtp.mailfrom=bob@remote.test; dkim=pass header.d=otherremote.test", True),
+    ("dmarc=fail header.from=remote.test; dkim=pass header.d=remote.test", True),
+    ("spf=softfail smtp.mailfrom=bob@remote.test", False),
+    ("spf=fail smtp.helo=remote.test", False),
+    ("dmarc=fail header.from=other.test", False),
+    ("spf=pass smtp.mailfrom=bob@remote.test; dmarc=pass header.from=remote.test", False),
+])
+def test_a_whitelisted_sender_the_mta_calls_forged_is_held(results: str, forged: bool) -> None:
+    verdict = policy.classify(incoming(ar(results)), WHITE)
+    if forged:
+        assert verdict == policy.Verdict(policy.Action.HOLD, "whitelist_forged", listing=WHITE)
+        assert "whitelist_forged" in policy.WHITELIST_HOLD_REASONS
+    else:
+        assert verdict.action is policy.Action.ACCEPT
+
+
+SRS = "SRS0=HHHH=TT=remote.test=bob@fwd.test"
+
+
+@pytest.mark.parametrize(("key", "results", "authserv_id", "forged"), [
+    # Whitelisted only as the sender the forwarder names: his domain's signature is needed.
+    ("bob@remote.test", "spf=pass smtp.mailfrom=" + SRS, MX, True),
+    ("@remote.test", "", MX, True),
+    ("bob@remote.test", "dkim=pass header.d=fwd.test", MX, True),
+    ("bob@remote.test", "dkim=pass header.d=remote.test", MX, False),
+    ("bob@remote.test", "", "", False),
+    # The forwarder itself, or its exact SRS address, is whitelisted: its SPF is its own.
+    ("@fwd.test", "", MX, False),
+    (SRS.lower(), "", MX, False),
+    ("@fwd.test", "spf=fail smtp.mailfrom=" + SRS, MX, True),
+])
+def test_a_forwarders_word_is_no_proof_of_the_sender_it_names(
+        key: str, results: str, authserv_id: str, forged: bool) -> None:
+    message = incoming(ar(results) if results else "", sender=SRS, authserv_id=authserv_id)
+    verdict = policy.classify(message, policy.Listing(policy.WHITE, key))
+    assert verdict.reason == ("whitelist_forged" if forged else "whitelisted")
+
+
+def test_only_the_owners_mta_can_call_a_whitelisted_sender_forged() -> None:
+    for message in (incoming(ar("dmarc=fail header.from=remote.test", serv="mx.remote.test")),
+                    incoming(ar("dmarc=fail header.from=remote.test"), authserv_id="")):
+        assert policy.classify(message, WHITE).action is policy.Action.ACCEPT
+
+
 def test_a_confirm_recipient_is_a_confirmation_whatever_its_headers() -> None:
     message = incoming("Precedence: bulk\n", recipient="Alice-Confirm-ABC@EXAMPLE.test")
     assert policy.classify(message, None) == policy.Verdict(policy.Action.CONFIRM,
@@ -201,3 +286,11 @@ def test_automated_replies_confirm_nothing(head: str, sender: str,
     assert policy.confirm_reply_refusal(facts, sender) == refusal
     if refusal is not None:
         assert refusal in policy.DROP_REASONS
+
+
+def test_authentication_results_below_500_padding_headers_still_count() -> None:
+    """The owner's MTA may append its result at the bottom: padding above it hides nothing."""
+    padding = "".join(f"X-Pad-{n}: {n}\n" for n in range(600))
+    fake = "".join(ar("spf=pass smtp.mailfrom=remote.test", "evil.test") for _ in range(50))
+    head = padding + fake + ar("spf=fail smtp.mailfrom=remote.test")
+    assert policy.suppression_reason(incoming(head)) == "spf_fail"

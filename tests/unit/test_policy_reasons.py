@@ -19,7 +19,9 @@ def table(rows: list[tuple[str, str]]) -> str:
 def expected_tables() -> list[str]:
     held = [(rule.reason, rule.trigger) for rule in policy.SUPPRESSION_RULES]
     held += list(policy.RATE_LIMIT_RULES)
-    return [table(held), table(list(policy.DROP_REASONS.items()))]
+    return [table(held), table(list(policy.DROP_REASONS.items())),
+            table(list(policy.WHITELIST_HOLD_REASONS.items())),
+            table(list(policy.UNSENT_REASONS.items()))]
 
 
 def test_the_document_shows_every_reason_as_the_code_has_it() -> None:
@@ -35,4 +37,7 @@ def test_the_held_table_is_in_the_order_the_rules_are_tried() -> None:
 
 
 def test_no_reason_is_both_a_hold_and_a_drop() -> None:
-    assert not set(policy.SUPPRESSION_REASONS) & set(policy.DROP_REASONS)
+    held = set(policy.SUPPRESSION_REASONS) | set(policy.WHITELIST_HOLD_REASONS)
+    assert not held & set(policy.DROP_REASONS)
+    assert not set(policy.SUPPRESSION_REASONS) & set(policy.WHITELIST_HOLD_REASONS)
+    assert not set(policy.UNSENT_REASONS) & (held | set(policy.DROP_REASONS))

@@ -1,27 +1,33 @@
-"""What a stranger wrote reaches the owner's terminal with nothing that acts: every control,
-bidi-override and lone-surrogate character is shown as an escape."""
+"""Stranger text printed to the owner's terminal: escaped, never raw."""
 
 from __future__ import annotations
 
-import unicodedata
+import json
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crtool.terminal import escape
+from crtool.terminal import json_text, shown
+
+HOSTILE = "bob\x1b]0;owned\x07\x1b[2J\x9b31m\u202eevil\u2028\x00\x7f\U000e0041@remote.test"
 
 
-def test_known_dangers_are_shown_not_done() -> None:
-    assert escape("a\x1b[2Jb") == "a\\x1b[2Jb"
-    assert escape("ok\rforged") == "ok\\x0dforged"
-    assert escape("\x9b31m") == "\\x9b31m"
-    assert escape("abc\u202edcba") == "abc\\u202edcba"
-    assert escape("Grüße, 日本") == "Grüße, 日本"
+def test_escapes_are_shown_not_obeyed() -> None:
+    assert shown(HOSTILE) == ("bob\\x1b]0;owned\\x07\\x1b[2J\\x9b31m\\u202eevil\\u2028\\x00"
+                              "\\x7f\\U000e0041@remote.test")
+    assert shown("Grüße, 雪 — ok") == "Grüße, 雪 — ok"
+    assert shown("\x1b[2J", 3) == "\\x1"
 
 
 @given(st.text())
-def test_nothing_that_acts_survives(text: str) -> None:
-    shown = escape(text)
-    for char in shown:
-        assert unicodedata.category(char) not in ("Cc", "Cs"), repr(char)
-        assert char not in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+def test_what_is_shown_is_printable(text: str) -> None:
+    assert shown(text).isprintable()
+
+
+@given(st.recursive(st.none() | st.integers() | st.text(),
+                    lambda inner: st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8))
+def test_json_keeps_its_meaning_and_prints_no_control(value: object) -> None:
+    text = json_text(value, indent=2)
+    assert json.loads(text) == value
+    assert all(line.isprintable() for line in text.split("\n"))

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crtool import tokens
-from crtool.errors import BadToken
+from crtool.errors import BadToken, TemporaryFailure
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(32, 64))
@@ -107,10 +107,12 @@ def test_malformed_tokens(bad: str) -> None:
 def test_bound_to_sender_owner_time_and_purpose() -> None:
     text = issue()
     for kwargs in ({"sender": "mallory@remote.test"}, {"at": T0 + 1}, {"purpose": "web"}):
-        with pytest.raises(BadToken):
+        with pytest.raises(BadToken) as caught:
             verify(text, **kwargs)  # type: ignore[arg-type]
-    with pytest.raises(BadToken):
+        assert caught.value.reason == "forged", kwargs
+    with pytest.raises(BadToken) as caught:
         tokens.verify([KEY_A], "confirm", "carol@example.test", text, SENDER, T0, T0, TTL)
+    assert caught.value.reason == "forged"
 
 
 def test_expiry_is_absolute_with_clock_skew() -> None:
@@ -121,8 +123,9 @@ def test_expiry_is_absolute_with_clock_skew() -> None:
     assert caught.value.reason == "expired"
     # A challenge time from another host up to 300 s ahead verifies; further is refused.
     assert verify(text, now=T0 - tokens.CLOCK_SKEW)
-    with pytest.raises(BadToken):
+    with pytest.raises(BadToken) as caught:
         verify(text, now=T0 - tokens.CLOCK_SKEW - 1)
+    assert caught.value.reason == "future"
 
 
 def test_a_forged_token_reads_as_forged_even_when_expired() -> None:
@@ -140,8 +143,9 @@ def test_rotation_keeps_old_tokens_valid_until_they_expire() -> None:
     assert verify(text, keys=tokens.secrets_of(ring))
     # New tokens are signed with the newest key only.
     new = issue(keys=tokens.secrets_of(ring))
-    with pytest.raises(BadToken):
+    with pytest.raises(BadToken) as caught:
         verify(new, keys=[KEY_A])
+    assert caught.value.reason == "forged"
     # Once every token the old key signed has expired, the next rotation drops it.
     later = tokens.rotated(ring, T0 + TTL + tokens.CLOCK_SKEW + 1, TTL)
     assert KEY_A not in tokens.secrets_of(later)
@@ -155,5 +159,5 @@ def test_key_ring_file_is_private(tmp_path) -> None:  # type: ignore[no-untyped-
     assert path.stat().st_mode & 0o777 == 0o600
     assert tokens.load_keys(path) == ring
     path.chmod(0o644)
-    with pytest.raises(Exception, match="readable by others"):
+    with pytest.raises(TemporaryFailure, match="readable by others"):
         tokens.load_keys(path)
