@@ -78,7 +78,7 @@ def test_stranger_strings_are_escaped_in_both_parts(mailbox: Mailbox) -> None:
     digest = _digest(mailbox)
     html, text = _html(digest), _text(digest)
     assert "<script>" not in html and "&lt;script&gt;" in html
-    assert "\u202e" not in text and "\u202e" not in html and "\\u202eevil" in text
+    assert "\u202e" not in text and "\u202e" not in html and "evil" in text
 
 
 def test_release_address_acts_once_and_sends_nothing(mailbox: Mailbox) -> None:

@@ -125,8 +125,8 @@ def test_history_says_every_decision_and_who_made_it(mailbox: Mailbox) -> None:
     seen = [(e["kind"], e["reason"], e["by"]) for e in history["events"]]
     assert seen == [
         ("held", "challenged", ""), ("challenged", "", ""),
-        ("released", "", "the sender"), ("listed", "white", "the sender's confirmation"),
-        ("confirmed", "", "the sender"), ("unlisted", "white", "the owner"),
+        ("listed", "white", "the sender's confirmation"), ("confirmed", "", "the sender"),
+        ("released", "", "the sender"), ("unlisted", "white", "the owner"),
         ("listed", "black", "the owner")], seen
     assert history["now"]["verdict"] == "drop"
     text = mailbox.ok("history", "carol@remote.test")
