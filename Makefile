@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench man clean
 
 # The virtual environment, with crtool and the test tools installed into it.
 $(BIN)/.installed: pyproject.toml
@@ -29,6 +29,10 @@ typecheck: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
+
+# crtool(1) from the argparse parser (tests/unit/test_manpage.py fails when it is stale).
+man: $(BIN)/.installed
+	$(BIN)/python -m crtool.manpage man/crtool.1
 
 clean:
 	rm -rf $(VENV) dist build .pytest_cache .ruff_cache .mypy_cache .hypothesis

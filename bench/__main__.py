@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench import heads, memory
 from bench.homes import BLACKLISTED, CRTOOL, LISTED, PYTHON, Home, Server, listed_sender, make_home
+from bench.owner_view import HISTORY_SENDER, digest_run, history_home, spread_reasons
 from bench.proc import Run, Samples, spawn
 from bench.web import measure as measure_web
 from bench.web import print_report as print_web
@@ -106,6 +107,12 @@ def scenarios(homes: dict[str, Home], small: Path, big: Path) -> list[Scenario]:
                                                                    "list"), 0),
         Scenario("pending_100k", "pending list, 100,000 held",
                  command(homes["held_100k"], "pending", "list"), 0),
+        Scenario("pending_reason_100k", "pending list --reason list_headers, 100,000 held",
+                 command(homes["held_100k"], "pending", "list", "--reason", "list_headers"), 0),
+        Scenario("digest_100k", "digest mailed, 100,000 new held (5 reasons), peak RSS",
+                 digest_run(homes["held_100k"], small.with_name("digest-rss.txt")), 0),
+        Scenario("history_10k", "history of a sender with 10,000 events among 100,000",
+                 command(homes["history"], "history", HISTORY_SENDER), 0),
     ]
 
 
@@ -171,7 +178,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--web-only", action="store_true",
                         help="only the web pages' requests per second (updates 'web' in --json)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenarios to run (no throughput, no goals); "
+                        "e.g. digest_100k,pending_reason_100k,history_10k")
     args = parser.parse_args()
+    if args.only:
+        return only(args, args.only.split(","))
     rounds = args.rounds or (2 if args.quick else 9)
     big_list = 20_000 if args.quick else 1_000_000
     mid_list = 2_000 if args.quick else 100_000
@@ -201,11 +213,13 @@ def main() -> int:
             "1m": make_home(root, "h1m", big_list),
             "held_1k": make_home(root, "held1k", 10, held=1_000),
             "held_100k": make_home(root, "held100k", 10, held=many_held),
+            "history": history_home(root, 10_000, many_held),
             "served": make_home(root, "served", mid_list),
             "served_10": make_home(root, "served10", 10),
             "tp_inproc": make_home(root, "tp1", 1_000),
             "tp_served": make_home(root, "tp2", 1_000),
         }
+        spread_reasons(homes["held_100k"])
         # The 1M list is built once; the served copy of it is a file copy.
         shutil.copytree(homes["1m"].user_home, root / "served1m")
         homes["served_1m"] = Home(root / "served1m")
@@ -255,6 +269,44 @@ def main() -> int:
     return 0
 
 
+def only(args: argparse.Namespace, names: list[str]) -> int:
+    """`--only`: the owner's-view scenarios (or any that need only the held and history
+    homes) at full size, without building the big lists or running the throughput."""
+    rounds = args.rounds or (2 if args.quick else 9)
+    many_held = 2_000 if args.quick else 100_000
+    root = Path(tempfile.mkdtemp(prefix="crtool-bench-"))
+    try:
+        homes = {"held_1k": make_home(root, "held1k", 10, held=1_000),
+                 "held_100k": make_home(root, "held100k", 10, held=many_held),
+                 "history": history_home(root, 10_000, many_held)}
+        spread_reasons(homes["held_100k"])
+        for name in ("10", "100k", "1m", "served", "served_10", "served_1m"):
+            homes[name] = homes["held_1k"]
+        small = _message(root / "small.eml")
+        chosen = [s for s in scenarios(homes, small, small) if s.name in names or
+                  s.name == "bare"]
+        samples = measure(chosen, rounds)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    bare = samples["bare"].median_ms
+    results: dict[str, object] = {}
+    print(f"\n{'scenario':20} {'median ms':>10} {'x bare':>7} {'peak MiB':>9}  what")
+    for s in chosen:
+        got = samples[s.name]
+        rss = f"{got.max_rss_mib:9.1f}" if got.max_rss_mib >= 0 else f"{'-':>9}"
+        flag = f"  ({got.wrong} wrong exit codes!)" if got.wrong else ""
+        print(f"{s.name:20} {got.median_ms:10.1f} {got.median_ms / bare:7.2f} {rss}  "
+              f"{s.what}{flag}")
+        results[s.name] = {"median_ms": round(got.median_ms, 1),
+                           "peak_rss_mib": round(got.max_rss_mib, 1), "wrong": got.wrong}
+    results["machine"] = {"rounds": rounds, "held": many_held, "history_events": 10_000,
+                          "cpus": os.cpu_count(), "load": os.getloadavg()}
+    target = args.json if args.json != RESULTS else RESULTS.with_name("results-owner.json")
+    target.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to {target}")
+    return 0
+
+
 def report(samples: dict[str, Samples], what: dict[str, str], tp_bare: dict[str, float],
            tp_inproc: dict[str, float],
            tp_served: dict[str, float], rounds: int) -> dict[str, object]:
@@ -289,6 +341,9 @@ def report(samples: dict[str, Samples], what: dict[str, str], tp_bare: dict[str,
     goal(f"peak RSS, whitelisted {BIG_MESSAGE_MIB} MB, resident client",
          samples["big_white_served"].max_rss_mib, 60, "MiB")
     goal("pending list: 100,000 held / 1,000 held", ratio("pending_100k", "pending_1k"), 1.5)
+    goal("pending list --reason: 100,000 held / plain list of 1,000",
+         ratio("pending_reason_100k", "pending_1k"), 1.5)
+    goal("digest of 100,000 held, peak RSS", samples["digest_100k"].max_rss_mib, 100, "MiB")
 
     print(f"\n{'scenario':18} {'median ms':>10} {'x bare':>7} {'peak MiB':>9}  what")
     for name, s in samples.items():

@@ -16,6 +16,11 @@ DOMAIN = "domain"
 SUBDOMAINS = "subdomains"
 
 CONFIRM_WORD = "confirm"
+# The owner's own commands by mail, listed in the digest: release one held message, or accept
+# (release all held from one sender and whitelist him).
+RELEASE_WORD = "release"
+ACCEPT_WORD = "accept"
+ACTION_WORDS = (CONFIRM_WORD, RELEASE_WORD, ACCEPT_WORD)
 # RFC 5321 caps an address at 254 octets in practice; longer text is no address to list.
 MAX_ADDRESS = 254
 
@@ -236,30 +241,49 @@ def lookup_keys(address: str, separators: str = "+") -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-def confirm_prefix(owner_address: str, delimiter: str) -> str:
-    """"alice-confirm-" for alice@example.test: what every confirm local part starts with."""
+def action_prefix(owner_address: str, delimiter: str, word: str = CONFIRM_WORD) -> str:
+    """"alice-confirm-" for alice@example.test: what every such local part starts with."""
     local, _ = split_address(owner_address)
-    return f"{local}{delimiter}{CONFIRM_WORD}{delimiter}".lower()
+    return f"{local}{delimiter}{word}{delimiter}".lower()
+
+
+def confirm_prefix(owner_address: str, delimiter: str) -> str:
+    return action_prefix(owner_address, delimiter, CONFIRM_WORD)
+
+
+def action_address(owner_address: str, delimiter: str, word: str, token: str) -> str:
+    """alice-<word>-<token>@example.test (word: confirm, release or accept)."""
+    local, domain = split_address(owner_address)
+    return f"{local}{delimiter}{word}{delimiter}{token}@{domain}"
 
 
 def confirm_address(owner_address: str, delimiter: str, token: str) -> str:
     """alice-confirm-<token>@example.test."""
-    local, domain = split_address(owner_address)
-    return f"{local}{delimiter}{CONFIRM_WORD}{delimiter}{token}@{domain}"
+    return action_address(owner_address, delimiter, CONFIRM_WORD, token)
 
 
-def parse_confirm(recipient: str, owner_address: str, delimiter: str) -> str | None:
-    """The token text if `recipient` is one of the owner's confirm addresses, else None.
+def parse_action(recipient: str, owner_address: str, delimiter: str) -> tuple[str, str] | None:
+    """(word, token) if `recipient` is one of the owner's confirm, release or accept
+    addresses, else None.
 
     Case is ignored everywhere, since MTAs lowercase addresses on the way (Postfix does).
-    A confirm address with an empty or malformed token still counts as one: the caller
+    Such an address with an empty or malformed token still counts as one: the caller
     rejects the token, so such mail is never mistaken for ordinary mail and held.
     """
     local, domain = split_address(recipient)
     _, owner_domain = split_address(owner_address)
     if domain.lower() != owner_domain.lower():
         return None
-    prefix = confirm_prefix(owner_address, delimiter)
-    if not local.lower().startswith(prefix):
+    for word in ACTION_WORDS:
+        prefix = action_prefix(owner_address, delimiter, word)
+        if local.lower().startswith(prefix):
+            return word, local[len(prefix):].lower()
+    return None
+
+
+def parse_confirm(recipient: str, owner_address: str, delimiter: str) -> str | None:
+    """The token text if `recipient` is one of the owner's confirm addresses, else None."""
+    found = parse_action(recipient, owner_address, delimiter)
+    if found is None or found[0] != CONFIRM_WORD:
         return None
-    return local[len(prefix):].lower()
+    return found[1]

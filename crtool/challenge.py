@@ -89,15 +89,16 @@ def context_for(settings: Settings, sender: str, facts: Facts, data: bytes, toke
     )
 
 
-def environment(settings: Settings) -> Any:
+def environment(settings: Settings, template: str = TEMPLATE) -> Any:
     """The sandboxed Jinja2 environment for this owner's templates, made once per process.
+    Templates named *.html are autoescaped; the text ones are mail bodies and are not.
 
     A resident server (`crtool serve`) renders many challenges, and compiling the template each
     time would cost more than rendering it. Jinja2 re-reads a template whose file changed; an
     override created (or edited) in HOME/templates changes the cache key, so it takes effect
     at once too.
     """
-    override = settings.templates_dir / TEMPLATE
+    override = settings.templates_dir / template
     try:
         stamp: int | None = override.stat().st_mtime_ns
     except OSError:
@@ -113,7 +114,8 @@ def _environment(templates_dir: str, _override_stamp: int | None) -> Any:
     return SandboxedEnvironment(
         loader=jinja2.FileSystemLoader([templates_dir, str(shipped_dir("templates"))]),
         undefined=jinja2.StrictUndefined,
-        autoescape=False,  # noqa: S701 - a text/plain mail body, not HTML
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",),
+                                            default_for_string=False, default=False),
         keep_trailing_newline=True,
     )
 

@@ -37,9 +37,15 @@ examples:
   crtool whitelist import friends.txt
   crtool pending list
   crtool pending release k3f9a2bq --whitelist
+  crtool pending list --new --reason list_headers
+  crtool digest
+  crtool history bob@example.com
   printf 'Subject: hi\\n\\nhello\\n' | SENDER=bob@remote.test \\
       RECIPIENT=alice@example.test crtool deliver
 """
+
+
+PATTERN_HELP = "bob@example.com, @example.com (or *@example.com), *@*.example.com"
 
 
 def _add_list_commands(sub: Any, name: str) -> None:
@@ -48,16 +54,16 @@ def _add_list_commands(sub: Any, name: str) -> None:
                             "@example.com (or *@example.com), *@*.example.com (subdomains).")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     add = verbs.add_parser("add", help="add patterns")
-    add.add_argument("patterns", nargs="+", metavar="PATTERN")
+    add.add_argument("patterns", nargs="+", metavar="PATTERN", help=PATTERN_HELP)
     add.add_argument("--note", default="", help="a note kept with each entry")
     remove = verbs.add_parser("remove", help="remove patterns")
-    remove.add_argument("patterns", nargs="+", metavar="PATTERN")
+    remove.add_argument("patterns", nargs="+", metavar="PATTERN", help="patterns as listed")
     listing = verbs.add_parser("list", help="list the entries")
     listing.add_argument("--json", action="store_true", help="one JSON array")
     check = verbs.add_parser("check", help="exit 0 when ADDRESS is listed, 1 when not")
-    check.add_argument("address", metavar="ADDRESS")
+    check.add_argument("address", metavar="ADDRESS", help="an address to look up")
     imp = verbs.add_parser("import", help="add one pattern per line from FILE or - (stdin)")
-    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("file", metavar="FILE", help="a file of patterns, or - for stdin")
     export = verbs.add_parser("export", help="print every pattern, one per line")
     _owner_option(add, remove, listing, check, imp, export)
 
@@ -77,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE",
                         help="system mode: the host's config file (many owners, see 'owner')")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0")
+    parser.add_argument("--version", action="version", version="%(prog)s 0.1.0",
+                        help="print crtool's version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     init = sub.add_parser("init", help="create or update HOME, keys and database")
@@ -98,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read one message on stdin, the envelope from the environment "
         "(SENDER, RECIPIENT) or the flags, and deliver, hold, challenge or confirm.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    deliver.add_argument("--mta", choices=MTA_CHOICES, help="exit-code profile")
+    deliver.add_argument("--mta", choices=MTA_CHOICES,
+                         help="exit-code profile (default: the config's mta)")
     deliver.add_argument("--sender", help="envelope sender (overrides $SENDER)")
     deliver.add_argument("--recipient", help="envelope recipient (overrides $RECIPIENT)")
 
@@ -112,24 +120,85 @@ def build_parser() -> argparse.ArgumentParser:
     _add_list_commands(sub, "whitelist")
     _add_list_commands(sub, "blacklist")
 
-    pend = sub.add_parser("pending", help="the held messages")
+    pend = sub.add_parser(
+        "pending", help="the held messages",
+        description="The held messages: list and filter them, read one, release or delete.")
     verbs = pend.add_subparsers(dest="verb", required=True, metavar="VERB")
-    listing = verbs.add_parser("list", help="held messages, newest first")
-    listing.add_argument("--json", action="store_true")
+    listing = verbs.add_parser(
+        "list", help="held messages, newest first",
+        description="Held messages, newest first, with why each got no challenge (WHY).")
+    listing.add_argument("--json", action="store_true", help="one JSON array of objects")
     listing.add_argument("--all", action="store_true", help="released and deleted ones too")
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--limit", type=int, default=50, metavar="N",
+                         help="show at most N messages (default 50)")
+    listing.add_argument("--offset", type=int, default=0, metavar="N",
+                         help="skip the newest N first, for the next page (default 0)")
+    listing.add_argument("--reason", metavar="R",
+                         help="only those held for reason R (e.g. list_headers; "
+                         "see docs/reasons.md)")
+    listing.add_argument("--sender", metavar="S", help="only those from envelope sender S")
+    listing.add_argument("--new", action="store_true",
+                         help="only those no digest has reported yet")
     show = verbs.add_parser("show", help="print a held message byte for byte")
-    show.add_argument("id", metavar="ID")
-    release = verbs.add_parser("release", help="deliver held messages into the Maildir")
-    release.add_argument("ids", nargs="+", metavar="ID")
+    show.add_argument("id", metavar="ID", help="the held message's id (pending list)")
+    show.add_argument("--summary", action="store_true",
+                      help="From, To, Subject, Date, reason and the first lines instead, "
+                      "escaped for a terminal")
+    release = verbs.add_parser(
+        "release", help="deliver held messages into the Maildir",
+        description="Deliver held messages into the Maildir. With --whitelist, everything "
+        "held from their senders goes too and each sender is whitelisted (source "
+        "'released by owner').")
+    release.add_argument("ids", nargs="*", metavar="ID", help="held messages' ids")
+    release.add_argument("--sender", action="append", default=[], metavar="S",
+                         help="everything held from envelope sender S (repeatable)")
     release.add_argument("--whitelist", action="store_true",
-                         help="whitelist their senders and release all else held from them")
-    delete = verbs.add_parser("delete", help="delete held messages")
-    delete.add_argument("ids", nargs="+", metavar="ID")
+                         help="release all held from those senders and whitelist them")
+    delete = verbs.add_parser(
+        "delete", help="delete held messages",
+        description="Delete held messages. With --blacklist, everything held from their "
+        "senders goes too and each sender is blacklisted.")
+    delete.add_argument("ids", nargs="+", metavar="ID", help="held messages' ids")
+    delete.add_argument("--blacklist", action="store_true",
+                        help="delete all held from those senders and blacklist them")
     purge = verbs.add_parser("purge", help="remove messages older than a duration")
-    purge.add_argument("--older-than", default=None, help="e.g. 14d (default hold_ttl)")
+    purge.add_argument("--older-than", default=None, metavar="DURATION",
+                       help="e.g. 14d (default hold_ttl)")
     _owner_option(listing, show, release, delete, purge)
+
+    digest = sub.add_parser(
+        "digest", help="mail the owner what was held since the last digest",
+        description="Mail the owner (setting digest_to, default the address) one message\n"
+        "listing what was held since the last digest, grouped by reason: the newest 20\n"
+        "per reason, with a release address per message and an accept address per\n"
+        "sender (mail to them acts once and sends nothing back). Nothing new: nothing\n"
+        "sent, exit 0. `crtool serve` sends one every digest_every (default 1d).",
+        epilog="examples:\n  crtool digest\n  crtool digest --to me@elsewhere.test\n"
+        "  crtool digest --json | jq '.[].subject'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    digest.add_argument("--to", metavar="ADDR", help="send it to ADDR instead of digest_to")
+    digest.add_argument("--json", action="store_true",
+                        help="print every new held message with its addresses instead; "
+                        "nothing is sent or marked")
+
+    check = sub.add_parser(
+        "check", help="the verdict delivery would give a sender now, and why",
+        description="The verdict `deliver` would give mail from ADDRESS now (deliver, drop, "
+        "challenge, hold without challenge) and the list entry or rule that decides it. The "
+        "blacklist wins a tie. Header-based rules (lists, bulk, Auto-Submitted) depend on the "
+        "message and are not guessed here.")
+    check.add_argument("address", metavar="ADDRESS", help="the envelope sender to check")
+    check.add_argument("--recipient", metavar="R",
+                       help="the envelope recipient (default the owner's address)")
+    check.add_argument("--json", action="store_true", help="the verdict as a JSON object")
+
+    history = sub.add_parser(
+        "history", help="every decision about one sender, and who made it",
+        description="Every decision about SENDER, oldest first: delivered, held (reason), "
+        "challenged, confirmed by the sender, released or deleted by the owner, listed or "
+        "unlisted and by whom; then the list entry that decides him now.")
+    history.add_argument("sender", metavar="SENDER", help="an envelope sender address")
+    history.add_argument("--json", action="store_true", help="one JSON object")
 
     db = sub.add_parser("db", help="the database schema")
     db_verbs = db.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -161,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "when web_url is not set.")
 
     stats = sub.add_parser("stats", help="counts of what happened")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
     _owner_option(stats)
 
     doctor = sub.add_parser(

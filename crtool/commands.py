@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         "keys": keys_command,
         "stats": stats_command,
         "web": web_command,
+        "digest": digest_command,
+        "check": check_command,
+        "history": history_command,
     }
     if getattr(args, "config", None):
         from crtool import system_commands
@@ -301,7 +304,8 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         if args.limit < 1 or args.offset < 0:
             raise UsageError("--limit must be at least 1 and --offset at least 0")
         with transaction(_engine(settings), write=False) as session:
-            page = pending.page(session, owner, statuses, args.limit, args.offset)
+            page = pending.page(session, owner, statuses, args.limit, args.offset,
+                                where=_filters(owner, args))
         items: list[dict[str, Any]] = [{
             "id": row.id, "sender": row.sender, "from": row.from_header,
             "subject": row.subject, "received_at": _iso(row.received_at), "size": row.size,
@@ -331,6 +335,9 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
                 raise NotFound(f"no message {args.id}")
             if not pending.has_bytes(session, row.id):
                 raise NotFound(f"message {row.id} was {row.status}; its bytes are no longer held")
+            if args.summary:
+                _print_summary(row, pending.head(session, row.id, SUMMARY_BYTES))
+                return EXIT_OK
             # Piece by piece, inside one read transaction: a large message is never whole in
             # memory, and a release meanwhile cannot cut it short.
             sys.stdout.flush()
@@ -340,11 +347,17 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
         return EXIT_OK
     if args.verb == "release":
-        for pending_id in service.release_ids(_mailbox(settings), args.ids, args.whitelist):
+        if not args.ids and not args.sender:
+            raise UsageError("name held messages (ID…) or senders (--sender S)")
+        box = _mailbox(settings)
+        released = service.release_ids(box, args.ids, args.whitelist) if args.ids else []
+        if args.sender:
+            released += service.release_senders(box, args.sender, args.whitelist)
+        for pending_id in released:
             print(f"released: {pending_id}")
         return EXIT_OK
     if args.verb == "delete":
-        for pending_id in service.delete_ids(_mailbox(settings), args.ids):
+        for pending_id in service.delete_ids(_mailbox(settings), args.ids, args.blacklist):
             print(f"deleted: {pending_id}")
         return EXIT_OK
     # purge
@@ -358,6 +371,102 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
     while removed := service.purge_expired(box, age, 500):
         total += removed
     print(f"purged: {total} messages older than {args.older_than or 'hold_ttl'}")
+    return EXIT_OK
+
+
+def _filters(owner: str, args: argparse.Namespace) -> list[Any]:
+    """The conditions of `pending list --reason/--sender/--new`."""
+    from crtool.store import digests
+    from crtool.store.models import Pending
+
+    found: list[Any] = []
+    if args.reason:
+        found.append(Pending.reason == args.reason)
+    if args.sender:
+        found.append(Pending.sender_key == addresses.normalize_address(args.sender))
+    if args.new:
+        found.append(digests.new_condition(owner))
+    return found
+
+
+SUMMARY_LINES = 8
+SUMMARY_BYTES = 64 * 1024
+
+
+def _print_summary(row: Any, raw: bytes) -> None:
+    """`pending show --summary`: the headers a person reads and the first lines of the body,
+    every character a stranger chose escaped for the terminal."""
+    from crtool.message import decode_words, parse_head
+
+    head, _, body = raw.partition(b"\n\n")
+    if not _:
+        head, _, body = raw.partition(b"\r\n\r\n")
+    facts = parse_head(head + b"\n\n")
+    for name in ("From", "To", "Subject", "Date"):
+        value = decode_words(facts.get(name) or "")
+        print(f"{name + ':':9} {terminal.shown(' '.join(value.split()))}")
+    print(f"{'Sender:':9} {terminal.shown(row.sender or '<>')}")
+    print(f"{'Held:':9} {_iso(row.received_at)} ({row.reason}), {row.size} bytes, {row.status}")
+    print()
+    text = body.decode("utf-8", "replace")
+    for line in text.splitlines()[:SUMMARY_LINES]:
+        print(terminal.shown(line.rstrip()))
+
+
+# digest, check, history -----------------------------------------------------------------------
+
+def digest_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`crtool digest`: mail what is new, or print it with --json."""
+    from crtool import digest
+
+    box = _mailbox(settings)
+    if args.json:
+        _stream_json_array(digest.json_items(box))
+        return EXIT_OK
+    sent = digest.send(box, args.to)
+    if not sent.digest_id:
+        print("nothing new since the last digest; nothing sent")
+    else:
+        print(f"digest {sent.digest_id} sent to {sent.recipient}: {sent.held} held messages")
+    return EXIT_OK
+
+
+def check_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`crtool check ADDRESS`: the verdict now, from the same policy delivery uses."""
+    from crtool import verdicts
+
+    found = verdicts.check(_mailbox(settings), args.address, args.recipient)
+    if args.json:
+        _print_json(found)
+        return EXIT_OK
+    print(f"{terminal.shown(args.address)}: {found['verdict']}")
+    print(f"  because: {found['why']}")
+    return EXIT_OK
+
+
+def history_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`crtool history SENDER`: every recorded decision about him, and what decides now."""
+    from crtool import verdicts
+
+    box = _mailbox(settings)
+    events = verdicts.history(box, args.sender)
+    now = verdicts.check(box, args.sender, None)
+    if args.json:
+        sys.stdout.write('{"sender": ' + json.dumps(args.sender, ensure_ascii=False)
+                         + ', "now": ' + json.dumps(now, ensure_ascii=False) + ', "events": ')
+        _stream_json_array(events)
+        sys.stdout.write("}\n")
+        return EXIT_OK
+    shown = 0
+    for event in events:
+        shown += 1
+        by = f" by {event['by']}" if event["by"] else ""
+        why = f" ({terminal.shown(event['reason'])})" if event["reason"] else ""
+        what = f" {event['pending_id']}" if event["pending_id"] else ""
+        print(f"{event['at'][:16].replace('T', ' ')}  {event['kind']}{what}{why}{by}")
+    if not shown:
+        print(f"nothing recorded about {terminal.shown(args.sender)}")
+    print(f"now: {now['verdict']} ({now['why']})")
     return EXIT_OK
 
 

@@ -90,6 +90,10 @@ class Settings:
     web_url: str = ""
     web_rate_limit: int = 30
     web_trusted_proxies: int = 1
+    # The digest of held mail: where it goes ("" = the owner's address) and how often
+    # `crtool serve` sends one (0 = never; cron can run `crtool digest` instead).
+    digest_to: str = ""
+    digest_every: int = 86400
     # Bytes; a longer stream is a broken environment, not a message (envelope.RawMessage).
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     subaddress_separators: str = "+"
@@ -122,7 +126,7 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
-              "database_timeout"}
+              "database_timeout", "digest_every"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
              "challenge_excerpt_lines", "web_rate_limit", "web_trusted_proxies"}
 # A challenge quotes a short excerpt at most, never the message.
@@ -133,7 +137,7 @@ _CHOICES = {
     "blacklist_action": BLACKLIST_ACTIONS,
 }
 _STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
-            "subaddress_separators", "name", "lmtp_next", "web_url"}
+            "subaddress_separators", "name", "lmtp_next", "web_url", "digest_to"}
 _WEB_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 
@@ -312,4 +316,8 @@ name = {q(settings.name)}
 # Lines of a held message's body quoted in its challenge (0 to 20); the challenge may go to a
 # forged address, so the default quotes none.
 challenge_excerpt_lines = {settings.challenge_excerpt_lines}
+# The digest of held mail: its recipient ("" for the address above), and how often
+# `crtool serve` mails one ("0" never; `crtool digest` from cron works as well).
+digest_to = {q(settings.digest_to)}
+digest_every = "{format_duration(settings.digest_every)}"
 """

@@ -21,7 +21,7 @@ BLACK = "black"
 
 
 class Action(enum.Enum):
-    CONFIRM = "confirm"  # a reply to a confirm address
+    CONFIRM = "confirm"  # mail to a confirm, release or accept address
     ACCEPT = "accept"  # whitelisted
     BLACKLISTED = "blacklisted"
     CHALLENGE = "challenge"  # hold and send one challenge
@@ -39,6 +39,8 @@ class Incoming:
     owner_address: str
     delimiter: str = "-"
     authserv_id: str = ""
+    # A digest this crtool mailed to its owner, come back (its signed Message-ID verified).
+    own_digest: bool = False
 
 
 @dataclass(frozen=True)
@@ -364,8 +366,8 @@ DROP_REASONS: dict[str, str] = {
                      "challenge goes to the held message's sender, within the rate limits",
     "message_gone": "a valid token for a message the owner has deleted",
     "token_used": "a valid token whose message is no longer held (released by an earlier "
-                  "confirmation or by the owner): it changes nothing, so a replay cannot "
-                  "whitelist the sender again",
+                  "confirmation or by the owner, deleted, or expired): it changes nothing, so "
+                  "a replay cannot whitelist the sender again or release anything twice",
     "confirm_blacklisted": "a valid token from a sender the owner has blacklisted since the "
                            "challenge: nothing is released, nothing whitelisted",
 }
@@ -393,15 +395,21 @@ def suppression_reason(message: Incoming) -> str | None:
 def classify(message: Incoming, listing: Listing | None) -> Verdict:
     """Decide one message. Rate limits come after, from `rate_limit_reason`, since they need
     counts that are only worth reading for a message that would be challenged."""
-    token = addresses.parse_confirm(message.recipient, message.owner_address, message.delimiter)
-    if token is not None:
-        return Verdict(Action.CONFIRM, token=token)
+    action = addresses.parse_action(message.recipient, message.owner_address, message.delimiter)
+    if action is not None:
+        # A confirm, release or accept address (`reason` says which): acted on by its token,
+        # never delivered or held as ordinary mail, whoever sent it.
+        return Verdict(Action.CONFIRM, reason=action[0], token=action[1])
     if listing is not None and listing.list_name == BLACK:
         return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
     if listing is not None and listing.list_name == WHITE:
         if whitelisted_but_forged(message, listing):
             return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
         return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+    if message.own_digest:
+        # Null sender and Auto-Submitted, so any rule below would hold it: the owner would
+        # never see the digest that tells him what is held.
+        return Verdict(Action.ACCEPT, reason="own_digest")
     reason = suppression_reason(message)
     if reason is not None:
         return Verdict(Action.HOLD, reason=reason)

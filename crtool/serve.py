@@ -49,6 +49,8 @@ MAX_WORKERS = 32
 REQUEST_TIMEOUT = 10.0
 # Expired held mail is purged at start and then this often, beside the deliveries.
 PURGE_EVERY = 3600.0
+# How often the server looks whether a scheduled chore (the owner's digest) is due.
+CHORE_INTERVAL = 60.0
 
 
 class PositionalReader(io.RawIOBase):
@@ -191,6 +193,8 @@ class Server:
         self.workers_lock = threading.Lock()
         self.listener: socket.socket | None = None
         self.inode: int | None = None
+        self.chore: threading.Thread | None = None
+        self.next_chores = 0.0
 
     def bind(self) -> None:
         """Listen on HOME/crtool.sock: bound under a temporary name with mode 0600 and renamed
@@ -227,12 +231,13 @@ class Server:
         if self.listener is None:
             raise RuntimeError("serve_forever before bind")
         while True:
-            timeout = max(0.0, self.next_purge - self.clock())
+            timeout = min(max(0.0, self.next_purge - self.clock()), self.chore_interval())
             readable, _, _ = select.select([self.listener, wakeup], [], [], timeout)
             if wakeup in readable:
                 return
             # Checked on every wake-up, before the connection that caused it is served.
             self.purge_if_due()
+            self.chores()
             if self.listener not in readable:
                 continue
             connection, _ = self.listener.accept()
@@ -250,6 +255,8 @@ class Server:
             worker.join()
         if self.purger is not None:
             self.purger.join()
+        if self.chore is not None:
+            self.chore.join()
 
     def purge_if_due(self) -> None:
         """Start the hourly purge of expired held mail in a thread of its own, so that the
@@ -277,6 +284,38 @@ class Server:
             return
         if total:
             _log(f"purged {total} expired held messages")
+
+    def chore_interval(self) -> float:
+        """CHORE_INTERVAL, or `digest_every` when that is shorter (at least a second)."""
+        try:
+            every = self.warm.settings(self.home).digest_every
+        except TemporaryFailure:
+            return CHORE_INTERVAL
+        return min(CHORE_INTERVAL, float(max(1, every or CHORE_INTERVAL)))
+
+    def chores(self) -> None:
+        """At most once a CHORE_INTERVAL, and never two at once: the scheduled work (the
+        digest, when `digest_every` has passed since the last one), in a thread of its own
+        so that deliveries are never kept waiting for it."""
+        now = time.monotonic()
+        if now < self.next_chores or (self.chore is not None and self.chore.is_alive()):
+            return
+        self.next_chores = now + self.chore_interval()
+        self.chore = threading.Thread(target=self._chores, daemon=False)
+        self.chore.start()
+
+    def _chores(self) -> None:
+        from crtool import digest
+
+        try:
+            box = self.warm.mailbox(self.warm.settings(self.home))
+            if digest.due(box):
+                sent = digest.send(box)
+                if sent.digest_id:
+                    _log(f"digest {sent.digest_id} sent to {sent.recipient}: "
+                         f"{sent.held} held messages")
+        except Exception as error:  # noqa: BLE001 - logged; the next interval tries again
+            _log(f"digest failed: {delivery.describe(error)}")
 
     def _run(self, connection: socket.socket) -> None:
         try:
@@ -350,6 +389,7 @@ def run(home: Path) -> int:
             signal.Signals(number).name))
     _log(f"listening on {server.path}")
     try:
+        server.chores()
         server.serve_forever(reader)
         _log(f"{', '.join(received) or 'signal'}: finishing the deliveries under way")
     finally:

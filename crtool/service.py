@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, onward, policy, tokens
+from crtool import addresses, challenge, digest, fastpath, onward, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
@@ -34,6 +34,12 @@ KeyLoader = Callable[[], Sequence[bytes]]
 # Expired messages a writing delivery deletes after its own commit: enough to keep up with any
 # inflow (each such delivery adds one), few enough to keep its transaction short.
 PURGE_BATCH = 100
+
+# Who made a decision (events.actor) and where a list entry came from (its source).
+SENDER_ACTOR = "sender"
+OWNER_ACTOR = "owner"
+CONFIRMED_SOURCE = "confirmed"
+RELEASED_SOURCE = "released by owner"
 
 
 @dataclass(frozen=True)
@@ -94,12 +100,17 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     the caller (the fast path) has parsed it already: the head is parsed once per delivery."""
     facts = facts if facts is not None else parse_head(raw.head)
     incoming = fastpath.incoming(box.settings, envelope, facts)
-    token = addresses.parse_confirm(envelope.recipient, box.settings.address,
+    action = addresses.parse_action(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
-    if token is not None:
-        return _purged_after(box, confirm(box, token, Via.mail(envelope, facts)))
+    if action is not None:
+        word, token = action
+        if word == addresses.CONFIRM_WORD:
+            return _purged_after(box, confirm(box, token, Via.mail(envelope, facts)))
+        return _purged_after(box, owner_action(box, envelope, word, token))
 
     with transaction(box.engine) as session:
+        if _own_digest(box, session, envelope, facts):
+            incoming = replace(incoming, own_digest=True)
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
         if verdict.action is policy.Action.ACCEPT:
             return _accept(box, session, envelope, raw, verdict)
@@ -107,6 +118,15 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
             return _blacklisted(box, session, envelope, verdict)
 
     return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
+
+
+def _own_digest(box: Mailbox, session: Session, envelope: Envelope, facts: Facts) -> bool:
+    """Whether this is a digest this crtool mailed to its owner, come back through the MTA
+    (null sender, a Message-ID signed for this owner). Only then are the keys loaded."""
+    if envelope.sender or not digest.looks_like_own(facts.message_id):
+        return False
+    return digest.recognise(session, box.owner, box.keys(), facts.message_id, box.now(),
+                            box.settings.hold_ttl)
 
 
 def _listing(box: Mailbox, session: Session, sender: str) -> policy.Listing | None:
@@ -118,7 +138,7 @@ def _listing(box: Mailbox, session: Session, sender: str) -> policy.Listing | No
 
 def _accept(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
-    key = verdict.listing.key if verdict.listing else ""
+    key = verdict.listing.key if verdict.listing else verdict.reason
     log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
     outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
     return Result(outcome, detail)
@@ -358,14 +378,15 @@ def confirm(box: Mailbox, token: str, via: Via) -> Result:
                 reason, detail = refused
                 log.record_event(session, box.owner, now, "dropped", reason, row.sender, row.id)
                 return Result(Outcome.DROPPED, f"{detail} ({reason}); dropped", row.id, reason)
-            _whitelist(box, session, row.sender, "confirmed", now)
-            log.record_event(session, box.owner, now, "confirmed", "", row.sender, row.id)
+            _whitelist(box, session, row.sender, CONFIRMED_SOURCE, now)
+            log.record_event(session, box.owner, now, "confirmed", "", row.sender, row.id,
+                             SENDER_ACTOR)
             confirmed = (row.id, row.sender, row.sender_key)
     _send(box, outgoing)
     if confirmed is None:
         return result
     pending_id, sender, sender_key = confirmed
-    released = release_held(box, sender_key, last=pending_id, recheck=True)
+    released = release_held(box, sender_key, last=pending_id, recheck=True, actor=SENDER_ACTOR)
     return Result(Outcome.CONFIRMED, f"{sender} confirmed; released {len(released)} "
                   f"message(s): {_some(released)}", pending_id)
 
@@ -470,16 +491,17 @@ def _rechallenge(box: Mailbox, session: Session, row: Pending, now: int,
 
 def _whitelist(box: Mailbox, session: Session, sender: str, note: str, now: int) -> None:
     """Whitelist the sender a confirmation proved, as one exact entry: never read as owner
-    syntax, so a sender `*@evil.test` whitelists that address and not the domain."""
+    syntax, so a sender `*@evil.test` whitelists that address and not the domain. The note
+    ("confirmed", "released by owner") is also the entry's source, which history shows."""
     _list_sender(box, session, policy.WHITE, sender, note, now)
 
 
-def _list_sender(box: Mailbox, session: Session, list_name: str, sender: str, note: str,
+def _list_sender(box: Mailbox, session: Session, list_name: str, sender: str, source: str,
                  now: int) -> None:
     pattern = addresses.confirmed_pattern(sender, box.settings.subaddress_separators)
     if pattern is None:  # an odd sender is released but cannot be listed
         return
-    lists.add(session, box.owner, list_name, pattern, note, now)
+    lists.add(session, box.owner, list_name, pattern, source, now, source)
 
 
 # Each batch of a release is its own short transaction: 6,000 messages released at once held
@@ -491,14 +513,15 @@ RELEASE_SECONDS = 0.25
 
 
 def release_held(box: Mailbox, sender_key: str, last: str | None = None,
-                 recheck: bool = False) -> list[str]:
+                 recheck: bool = False, actor: str = OWNER_ACTOR) -> list[str]:
     """Release everything held from one sender, in batches; the ids released, oldest first.
 
     Each message is written into the Maildir before the batch that marks it released
     commits, so a crash between batches loses nothing: what is left is still held. `last`
     (the confirmed message) goes in the final batch, so until everything else is out its
     token still finds it held and a retry of the confirmation finishes the job. With
-    `recheck`, a message whose own sender is blacklisted now stays held.
+    `recheck`, a message whose own sender is blacklisted now stays held. `actor` is who
+    released them (history): the sender's confirmation or the owner.
     """
     released: list[str] = []
     after: tuple[int, str] | None = None
@@ -526,13 +549,14 @@ def release_held(box: Mailbox, sender_key: str, last: str | None = None,
                         blacklisted[row.sender] = _blacklisted_now(box, session, row.sender)
                     if blacklisted[row.sender]:
                         continue
-                released += _release(box, session, [row], now)
+                released += _release(box, session, [row], now, actor)
     return released
 
 
-def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> list[str]:
+def _release(box: Mailbox, session: Session, rows: list[Pending], now: int,
+             actor: str) -> list[str]:
     """Deliver each held message (Maildir or downstream LMTP), then mark it released (same
-    transaction)."""
+    transaction); `actor` is who released it: the sender's confirmation or the owner."""
     released = []
     for row in rows:
         if not pending.has_bytes(session, row.id):
@@ -542,7 +566,7 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int) -> l
                            trace_prefix(row.mta, row.sender, row.recipient),
                            onward.release_name(box.owner, row.id, row.received_at))
         pending.finish(session, row, pending.RELEASED, now)
-        log.record_event(session, box.owner, now, "released", "", row.sender, row.id)
+        log.record_event(session, box.owner, now, "released", "", row.sender, row.id, actor)
         released.append(row.id)
     return released
 
@@ -567,10 +591,10 @@ def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
-        released = _release(box, session, rows, now)
+        released = _release(box, session, rows, now, OWNER_ACTOR)
         if whitelist:
             for row in rows:
-                _whitelist(box, session, row.sender, "released by owner", now)
+                _whitelist(box, session, row.sender, RELEASED_SOURCE, now)
         sender_keys = dict.fromkeys(row.sender_key for row in rows)
     if whitelist:
         for sender_key in sender_keys:
@@ -578,18 +602,105 @@ def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
     return released
 
 
+def release_senders(box: Mailbox, senders: Sequence[str], whitelist: bool) -> list[str]:
+    """`pending release --sender S…`: everything held from those senders, in batches; with
+    `whitelist`, each is whitelisted too (as `pending release ID --whitelist` does)."""
+    released: list[str] = []
+    for key in _sender_keys(box, senders):
+        if whitelist:
+            with transaction(box.engine) as session:
+                first = pending.held_batch(session, box.owner, key, 1)
+                if first:
+                    _whitelist(box, session, first[0].sender, RELEASED_SOURCE, box.now())
+        released += release_held(box, key)
+    if not released:
+        raise NotFound(f"nothing held from {', '.join(senders)}")
+    return released
+
+
+def _sender_keys(box: Mailbox, senders: Sequence[str]) -> list[str]:
+    """The keys held messages are recorded under for these senders (tags and SRS removed)."""
+    separators = box.settings.subaddress_separators
+    return list(dict.fromkeys(addresses.unmangle(s, separators) for s in senders))
+
+
 def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> list[str]:
     """`pending delete`: the bytes go; the row stays (status deleted) so that a later
-    confirmation of it is recognised and dropped. `blacklist` also blacklists each sender."""
+    confirmation of it is recognised and dropped. With `blacklist`, everything held from
+    those senders goes too and each is blacklisted (an exact entry; source "owner")."""
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
+        senders = list(dict.fromkeys(row.sender for row in rows))
+        if blacklist:
+            found = {row.id: row for row in rows}
+            for key in dict.fromkeys(row.sender_key for row in rows):
+                after: tuple[int, str] | None = None
+                while batch := pending.held_batch(session, box.owner, key, 1000, after):
+                    found.update((row.id, row) for row in batch)
+                    after = (batch[-1].received_at, batch[-1].id)
+            rows = sorted(found.values(), key=lambda row: (row.received_at, row.id))
         for row in rows:
             pending.finish(session, row, pending.DELETED, now)
-            log.record_event(session, box.owner, now, "deleted", "", row.sender, row.id)
-            if blacklist and row.sender:
-                _list_sender(box, session, policy.BLACK, row.sender, "deleted by owner", now)
+            log.record_event(session, box.owner, now, "deleted", "", row.sender, row.id,
+                             OWNER_ACTOR)
+        if blacklist:
+            for sender in senders:
+                _list_sender(box, session, policy.BLACK, sender, lists.OWNER_SOURCE, now)
         return [row.id for row in rows]
+
+
+# Release and accept by mail ---------------------------------------------------------------------
+
+def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Result:
+    """Mail to a release or accept address of the owner's digest: exactly `pending release
+    ID` (accept: `pending release ID --whitelist`), through `release_ids`. Any sender may use
+    it, since the token is the secret. It acts once; afterwards, and for anything wrong, it
+    changes nothing, sends nothing and is dropped with the reason logged."""
+    try:
+        token_id, _ = tokens.parse(token)
+    except BadToken as error:
+        return _refuse(box, Via("mail", envelope.sender), f"token_{error.reason}")
+    with transaction(box.engine, write=False) as session:
+        now = box.now()
+        row = pending.get(session, box.owner, token_id)
+        reason = "token_unknown" if row is None else ""
+        if row is not None:
+            try:
+                tokens.verify(box.keys(), word, box.owner, token, row.sender, row.received_at,
+                              now, box.settings.hold_ttl)
+            except BadToken as error:
+                reason = f"token_{error.reason}"
+        ids = [] if row is None or reason else [r.id for r in _acted_on(session, box.owner,
+                                                                        word, row)]
+    released: list[str] = []
+    if ids:
+        try:
+            released = release_ids(box, ids, whitelist=word == addresses.ACCEPT_WORD)
+        except NotFound:
+            pass  # released or deleted since the look above: the token has nothing to do
+    if not released:
+        reason = reason or "token_used"
+        pending_id = row.id if row is not None else ""
+        with transaction(box.engine) as session:
+            log.record_event(session, box.owner, box.now(), "dropped", reason, envelope.sender,
+                             pending_id, OWNER_ACTOR)
+        return Result(Outcome.DROPPED, f"{word} address: {reason}; dropped", pending_id, reason)
+    return Result(Outcome.CONFIRMED, f"{word} by the owner: released {len(released)} "
+                  f"message(s): {' '.join(released)}", ids[0])
+
+
+def _acted_on(session: Session, owner: str, word: str, row: Pending) -> list[Pending]:
+    """What a valid release or accept token still acts on; nothing once it has acted.
+
+    A release token names one message, still held. An accept token names the newest
+    message of its sender that the digest listed: it acts while that one or an earlier one
+    from the sender is still held, so once it has released them it reads as used.
+    """
+    if word == addresses.RELEASE_WORD:
+        return [row] if row.status == pending.HELD else []
+    oldest = pending.held_batch(session, owner, row.sender_key, 1)
+    return oldest if oldest and oldest[0].received_at <= row.received_at else []
 
 
 # The owner's lists ----------------------------------------------------------------------------
@@ -612,7 +723,7 @@ def list_remove(box: Mailbox, list_name: str, texts: Sequence[str]) -> tuple[lis
     removed, missing = [], []
     with transaction(box.engine) as session:
         for pattern in patterns:
-            if lists.remove(session, box.owner, list_name, pattern):
+            if lists.remove(session, box.owner, list_name, pattern, box.now()):
                 removed.append(pattern.text)
             else:
                 missing.append(pattern.text)

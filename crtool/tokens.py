@@ -34,7 +34,10 @@ MAC_BYTES = 10
 ID_CHARS = ID_BYTES * 8 // 5
 TOKEN_CHARS = (ID_BYTES + MAC_BYTES) * 8 // 5
 CLOCK_SKEW = 300
-PURPOSES = frozenset({"confirm", "dated", "sender", "keyword", "web", "login"})
+# "release" and "accept" sign the addresses an owner digest lists (one held message; all from
+# one sender), "digest" the digest's own Message-ID; "login" the owner's one-time web link.
+PURPOSES = frozenset({"confirm", "dated", "sender", "keyword", "web", "login", "release",
+                      "accept", "digest"})
 _TOKEN_TEXT = re.compile(r"^[a-z2-7]+$")
 
 

@@ -12,6 +12,7 @@ import email
 import email.policy
 import email.utils
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -136,10 +137,41 @@ def walk(work: Path) -> int:
                    mail("bob@remote.test", OWNER, "One more thing", "Thanks!\n"))
     expect(code == 0, "the confirmed sender is not whitelisted")
 
-    step("8. The queue and the counts")
+    step("8. A newsletter and a password reset: held without a challenge")
+    deliver(user_home, "news@lists.test", OWNER,
+            "List-Id: <weekly.lists.test>\n" + mail("news@lists.test", OWNER, "Weekly news",
+                                                    "This week...\n"))
+    code = deliver(user_home, "noreply@shop.test", OWNER,
+                   mail("Shop <noreply@shop.test>", OWNER, "Reset your password",
+                        "Click here within an hour.\n"))
+    expect(code == 99, "the password reset was not held")
+    crtool(home, "pending", "list", "--new")
+
+    step("9. The digest: one mail to alice listing what was held, by reason")
+    crtool(home, "digest")
+    digest_file = sorted(outbox.glob("*.eml"), key=lambda p: int(p.stem))[-1]
+    digest = email.message_from_bytes(digest_file.read_bytes(), policy=email.policy.default)
+    text = digest.get_body(("plain",)).get_content()  # type: ignore[attr-defined]
+    print(f"  Subject: {digest['Subject']}")
+    print("  " + text.strip().replace("\n", "\n  "))
+    found = re.search(r"Subject: Reset your password\n\s+release: (\S+)", text)
+    expect(found is not None, "the digest lists no release address for the reset")
+    release = found.group(1) if found else ""
+
+    step("10. Alice replies to the password reset's release address: it is delivered")
+    before = len(list((maildir / "new").iterdir()))
+    code = deliver(user_home, OWNER, release, mail(OWNER, release, "release", "\n"))
+    expect(code == 99 and len(list((maildir / "new").iterdir())) == before + 1,
+           "the release by mail delivered nothing")
+    print("  the same address again changes nothing and sends nothing:")
+    deliver(user_home, OWNER, release, mail(OWNER, release, "release", "\n"))
+
+    step("11. The queue, the counts and one sender's history")
     crtool(home, "pending", "list", "--all")
     crtool(home, "stats")
-    print("\nDemo finished: whitelisted delivery, hold with challenge, confirmation, release.")
+    crtool(home, "history", "bob@remote.test")
+    print("\nDemo finished: whitelisted delivery, hold with challenge, confirmation, release, "
+          "digest, release by mail.")
     return 0
 
 

@@ -14,10 +14,13 @@ from sqlalchemy import Select, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from crtool import addresses
+from crtool.store.log import record_event
 from crtool.store.models import AddressEntry
 from crtool.store.search import contains
 
 IMPORT_BATCH = 5000
+# Provenance of an entry the owner made with a command (add, import).
+OWNER_SOURCE = "owner"
 
 
 def match_statement(owner: str, keys: list[str]) -> Select[str, str]:
@@ -42,11 +45,16 @@ class Entry:
     kind: str
     note: str
     created_at: int
+    source: str = OWNER_SOURCE
 
 
 def add(session: Session, owner: str, list_name: str, pattern: addresses.Pattern,
-        note: str, now: int) -> bool:
-    """Add one entry; False when it was already there (its note is then updated)."""
+        note: str, now: int, source: str = OWNER_SOURCE) -> bool:
+    """Add one entry; False when it was already there (its note is then updated).
+
+    `source` is the entry's provenance (who listed it); a new entry is also an event
+    ("listed", the list's name, by `source`) so that `crtool history` shows who decided.
+    """
     existing = session.scalar(
         select(AddressEntry).where(
             AddressEntry.owner == owner, AddressEntry.key == pattern.key,
@@ -58,18 +66,32 @@ def add(session: Session, owner: str, list_name: str, pattern: addresses.Pattern
             existing.note = note
         return False
     session.add(AddressEntry(owner=owner, list_name=list_name, key=pattern.key,
-                             kind=pattern.kind, note=note, created_at=now))
+                             kind=pattern.kind, note=note, created_at=now, source=source))
+    record_event(session, owner, now, "listed", list_name, pattern.text, actor=source)
     return True
 
 
-def remove(session: Session, owner: str, list_name: str, pattern: addresses.Pattern) -> bool:
+def remove(session: Session, owner: str, list_name: str, pattern: addresses.Pattern,
+           now: int = 0) -> bool:
+    """Remove one entry (an "unlisted" event by the owner); False when it was not there."""
     result = session.execute(
         delete(AddressEntry).where(
             AddressEntry.owner == owner, AddressEntry.list_name == list_name,
             AddressEntry.key == pattern.key,
         )
     )
-    return bool(getattr(result, "rowcount", 0))
+    removed = bool(getattr(result, "rowcount", 0))
+    if removed:
+        record_event(session, owner, now, "unlisted", list_name, pattern.text,
+                     actor=OWNER_SOURCE)
+    return removed
+
+
+def entry(session: Session, owner: str, list_name: str, key: str) -> AddressEntry | None:
+    """One entry by its stored key (to say what decided, with its note and source)."""
+    return session.scalar(select(AddressEntry).where(
+        AddressEntry.owner == owner, AddressEntry.key == key,
+        AddressEntry.list_name == list_name))
 
 
 def entries(session: Session, owner: str, list_name: str, search: str = "",
@@ -78,7 +100,7 @@ def entries(session: Session, owner: str, list_name: str, search: str = "",
     `search`, `limit` and `offset` give the web page one page of them."""
     statement = (
         select(AddressEntry.list_name, AddressEntry.key, AddressEntry.kind, AddressEntry.note,
-               AddressEntry.created_at)
+               AddressEntry.created_at, AddressEntry.source)
         .where(AddressEntry.owner == owner, AddressEntry.list_name == list_name)
         .order_by(AddressEntry.key)
         .execution_options(yield_per=2000)
@@ -90,7 +112,8 @@ def entries(session: Session, owner: str, list_name: str, search: str = "",
         statement = statement.limit(limit).offset(offset)
     for row in session.execute(statement):
         pattern = addresses.Pattern(row.kind, row.key)
-        yield Entry(row.list_name, pattern.text, row.kind, row.note, row.created_at)
+        yield Entry(row.list_name, pattern.text, row.kind, row.note, row.created_at,
+                    row.source)
 
 
 def count(session: Session, owner: str, list_name: str, search: str = "") -> int:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from collections.abc import Iterator
+
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
+from crtool.addresses import normalize_address
 from crtool.store.models import Challenge, Event
 
 QUEUED = "queued"
@@ -14,9 +17,11 @@ RETRIED = "challenge_retry"  # the event of each try after the first
 
 
 def record_event(session: Session, owner: str, now: int, kind: str, reason: str = "",
-                 sender: str = "", pending_id: str = "") -> None:
+                 sender: str = "", pending_id: str = "", actor: str = "") -> None:
+    """One event; `actor` says who decided ("" for crtool's delivery itself)."""
     session.add(Event(owner=owner, at=now, kind=kind, reason=reason[:40],
-                      sender=sender[:320], pending_id=pending_id))
+                      sender=sender[:320], pending_id=pending_id,
+                      sender_key=normalize_address(sender)[:320], actor=actor[:20]))
 
 
 def record_challenge(session: Session, owner: str, recipient_key: str, pending_id: str,
@@ -87,3 +92,17 @@ def daily_counts(session: Session, owner: str, since: int,
         .group_by(day, Event.kind)
     ).all()
     return {(int(d), kind): n for d, kind, n in rows}
+
+
+def history(session: Session, owner: str, sender_keys: list[str], limit: int | None = None,
+            ) -> Iterator[Row[int, str, str, str, str, str]]:
+    """Every event under these sender keys (an address and the list patterns that match
+    it), oldest first, through the (owner, sender_key, at) index; streamed, so that a sender
+    with many events does not fill memory."""
+    statement = (select(Event.at, Event.kind, Event.reason, Event.sender, Event.pending_id,
+                        Event.actor)
+                 .where(Event.owner == owner, Event.sender_key.in_(sender_keys))
+                 .order_by(Event.at, Event.id).execution_options(yield_per=1000))
+    if limit is not None:
+        statement = statement.limit(limit)
+    yield from session.execute(statement)

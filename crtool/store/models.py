@@ -45,6 +45,10 @@ class AddressEntry(Base):
     kind: Mapped[str] = mapped_column(String(12))
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # Who put the entry there: "owner" (whitelist add, import), "confirmed" (the sender's
+    # reply), "released by owner" (a release with --whitelist, or an accept address), "sent",
+    # "reply", "learned". Kept apart from the owner's free-text note.
+    source: Mapped[str] = mapped_column(String(20), default="owner", server_default="owner")
 
     __table_args__ = (
         # Serves the look-up `owner = ? AND key IN (...)`: equality probes only; the second
@@ -78,9 +82,15 @@ class Pending(Base):
     reason: Mapped[str] = mapped_column(String(40))  # challenged, or why no challenge
     challenged_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     released_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The owner digest that first reported this message; NULL while it is new to the owner.
+    digest_id: Mapped[str | None] = mapped_column(String(8), nullable=True)
 
     __table_args__ = (
         Index("ix_pending_digest", "owner", "digest", unique=True),
+        # `pending list --reason` and the digest's groups: equality on owner, status and
+        # reason, newest first; the second serves "new since the last digest" (IS NULL).
+        Index("ix_pending_reason", "owner", "status", "reason", "received_at"),
+        Index("ix_pending_new", "owner", "digest_id", "status", "reason", "received_at"),
         Index("ix_pending_sender", "owner", "sender_key", "status"),
         Index("ix_pending_status_received", "owner", "status", "received_at"),
         # The owner's web queue: counts by reason and each reason's newest page.
@@ -136,12 +146,37 @@ class Event(Base):
     reason: Mapped[str] = mapped_column(String(40), default="")
     sender: Mapped[str] = mapped_column(String(ADDRESS), default="")
     pending_id: Mapped[str] = mapped_column(String(8), default="")
+    # The sender's normalised address, so that `history SENDER` is one indexed look-up.
+    sender_key: Mapped[str] = mapped_column(String(ADDRESS), default="", server_default="")
+    # Who made the decision: "" (crtool's delivery), "sender" (his confirmation), "owner"
+    # (a command or a release/accept address), "sent", "reply", "learned".
+    actor: Mapped[str] = mapped_column(String(20), default="", server_default="")
 
     __table_args__ = (
         Index("ix_events_owner_kind", "owner", "kind", "reason"),
         Index("ix_events_at", "at"),
         # The per-day chart of the owner's web pages: one owner's last 30 days.
         Index("ix_events_owner_at", "owner", "at", "kind"),
+        Index("ix_events_sender", "owner", "sender_key", "at"),
+    )
+
+
+class Digest(Base):
+    """One digest mailed to the owner: its id is in the signed Message-ID, so the digest is
+    recognised when it comes back to this crtool; `status` goes queued -> sent. The held
+    messages it reports point at it (`Pending.digest_id`)."""
+
+    __tablename__ = "digests"
+
+    id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    recipient: Mapped[str] = mapped_column(String(ADDRESS))
+    held: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(12))
+
+    __table_args__ = (
+        Index("ix_digests_owner", "owner", "status", "created_at"),
     )
 
 

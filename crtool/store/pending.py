@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from crtool.store.models import Owner, Pending, PendingChunk
@@ -154,24 +154,27 @@ class Page:
 
 def page(session: Session, owner: str, statuses: tuple[str, ...], limit: int,
          offset: int = 0, reason: str | None = None, search: str = "",
-         total: int | None = None) -> Page:
+         total: int | None = None, where: Sequence[ColumnElement[bool]] = ()) -> Page:
     """Newest first, one page; the (owner, status, received_at) index serves it, and the
     (owner, status, reason, received_at) index a page of one reason. `search` looks for text
-    in the sender, the From header and the subject. A caller that knows the total already
-    (from reason_counts) passes it and saves counting a large queue twice."""
-    where = [Pending.owner == owner, Pending.status.in_(statuses)]
+    in the sender, the From header and the subject; `where` narrows it further (a sender, new
+    since the last digest). A caller that knows the total already (from reason_counts) passes
+    it and saves counting a large queue twice."""
+    conditions = [Pending.owner == owner, Pending.status.in_(statuses), *where]
     if reason is not None:
-        where.append(Pending.reason == reason)
+        conditions.append(Pending.reason == reason)
     if search:
-        where.append(or_(contains(Pending.sender, search), contains(Pending.from_header, search),
-                         contains(Pending.subject, search)))
+        conditions.append(or_(contains(Pending.sender, search),
+                              contains(Pending.from_header, search),
+                              contains(Pending.subject, search)))
     rows = list(session.scalars(
-        select(Pending).where(*where)
+        select(Pending).where(*conditions)
         .order_by(Pending.received_at.desc(), Pending.id.desc())
         .limit(limit).offset(offset)
     ))
     if total is None:
-        total = session.scalar(select(func.count()).select_from(Pending).where(*where)) or 0
+        total = session.scalar(
+            select(func.count()).select_from(Pending).where(*conditions)) or 0
     return Page(rows, total)
 
 

@@ -27,6 +27,8 @@ def test_wheel_installs_and_works_outside_the_checkout(tmp_path: Path) -> None:
     assert "crtool/templates/challenge.txt" in names
     assert "crtool/migrations/env.py" in names
     assert any(n.startswith("crtool/migrations/versions/0001") for n in names)
+    assert "crtool/templates/digest.txt" in names and "crtool/templates/digest.html" in names
+    assert any(n.endswith(".data/data/share/man/man1/crtool.1") for n in names), names
 
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv)
@@ -55,3 +57,5 @@ def test_wheel_installs_and_works_outside_the_checkout(tmp_path: Path) -> None:
                     "import crtool.resources as r; print(r.shipped_dir('migrations'))",
                     cwd=elsewhere).stdout.strip()
     assert installed.startswith(str(venv))
+    # crtool(1) where man finds it under the environment's prefix.
+    assert (venv / "share" / "man" / "man1" / "crtool.1").read_text().startswith(".TH CRTOOL 1")

@@ -312,3 +312,22 @@ def test_a_client_of_the_server_imports_only_the_standard_library(
     assert re.findall(r"\| +(argparse|dataclasses|typing|pathlib)$", imported, re.MULTILINE) == []
     mailbox.outbox.drain(1)
     assert server.served() == 1
+
+
+def test_serve_mails_the_digest_every_digest_every(mailbox: Mailbox) -> None:
+    """No cron needed: the resident server mails the digest once `digest_every` has passed,
+    and nothing while nothing is new."""
+    config = mailbox.home / "config.toml"
+    config.write_text(config.read_text().replace('digest_every = "1d"', 'digest_every = "2s"'))
+    held = mailbox.deliver(message("news@list.test", headers={"List-Id": "<n.list.test>"}),
+                           "news@list.test")
+    assert held.returncode == 99
+    running = start_server(mailbox)
+    try:
+        _wait_for(lambda: "digest " in running.log(), "the scheduled digest")
+        ((_, digest),) = mailbox.outbox.drain(1)
+        assert digest["Auto-Submitted"] == "auto-generated"
+        time.sleep(5)
+        mailbox.outbox.drain(0)
+    finally:
+        assert running.stop() == 0

@@ -4,6 +4,7 @@ policy core: each row is an incoming message and the reason it gets no challenge
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -229,7 +230,24 @@ def test_only_the_owners_mta_can_call_a_whitelisted_sender_forged() -> None:
 
 def test_a_confirm_recipient_is_a_confirmation_whatever_its_headers() -> None:
     message = incoming("Precedence: bulk\n", recipient="Alice-Confirm-ABC@EXAMPLE.test")
-    assert policy.classify(message, None) == policy.Verdict(policy.Action.CONFIRM, token="abc")
+    assert policy.classify(message, None) == policy.Verdict(policy.Action.CONFIRM,
+                                                            reason="confirm", token="abc")
+
+
+@pytest.mark.parametrize("word", ["release", "accept"])
+def test_release_and_accept_addresses_are_acted_on_never_delivered(word: str) -> None:
+    """The owner's digest addresses are commands, even from a whitelisted sender, so the
+    fast path (which only ever accepts) leaves them to the full path."""
+    message = incoming("", recipient=f"alice-{word.upper()}-xyz@example.test")
+    white = policy.Listing(policy.WHITE, "bob@remote.test")
+    assert policy.classify(message, white) == policy.Verdict(policy.Action.CONFIRM,
+                                                             reason=word, token="xyz")
+
+
+def test_own_digest_is_accepted_despite_null_sender_and_auto_submitted() -> None:
+    digest = replace(incoming("Auto-Submitted: auto-generated\n", sender=""), own_digest=True)
+    assert policy.classify(digest, None).action is policy.Action.ACCEPT
+    assert policy.classify(replace(digest, own_digest=False), None).reason == "null_sender"
 
 
 @pytest.mark.parametrize(("to_sender", "last_hour", "reason"), [
