@@ -253,7 +253,7 @@ def _add_system_commands(sub: Any) -> None:
                            "Maildir or a downstream LMTP server (Dovecot's) for its mail.")
     verbs = owner.add_subparsers(dest="verb", required=True, metavar="VERB")
     add = verbs.add_parser("add", help="serve an owner (again: change its target or settings)")
-    add.add_argument("address", metavar="ADDR")
+    add.add_argument("address", metavar="ADDR", help="the owner's address")
     target = add.add_mutually_exclusive_group(required=True)
     target.add_argument("--maildir", help="deliver into this Maildir")
     target.add_argument("--lmtp-next", metavar="TARGET",
@@ -261,9 +261,9 @@ def _add_system_commands(sub: Any) -> None:
     add.add_argument("--set", action="append", metavar="NAME=VALUE",
                      help="a setting over the system default, e.g. confirm_ttl=7d")
     listing = verbs.add_parser("list", help="the owners served")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="one JSON array")
     remove = verbs.add_parser("remove", help="stop serving an owner (its data is kept)")
-    remove.add_argument("address", metavar="ADDR")
+    remove.add_argument("address", metavar="ADDR", help="the owner's address")
 
     lmtp = sub.add_parser(
         "lmtp", help="system mode: the LMTP server for the whole host (foreground)",

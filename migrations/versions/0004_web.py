@@ -1,7 +1,7 @@
 """The web pages: one-time owner login links, and indexes for the queue and the chart.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-30
 """
 

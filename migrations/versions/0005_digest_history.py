@@ -1,7 +1,7 @@
 """The owner's digest and history: digests, what each reported, who made each decision.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-30
 
 `digests` records each digest mailed to the owner; `pending.digest_id` names the digest that
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
