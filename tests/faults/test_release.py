@@ -34,7 +34,7 @@ def seed_held(box: Mailbox, count: int) -> None:
     from sqlalchemy import insert
 
     from crtool.store.engine import make_engine, transaction
-    from crtool.store.models import Pending, PendingBody
+    from crtool.store.models import Pending, PendingChunk
 
     engine = make_engine(box.database_url)
     received = int(time.time()) - 3600
@@ -47,8 +47,9 @@ def seed_held(box: Mailbox, count: int) -> None:
                 received_at=received + n, size=30, digest=f"{i:0>64}", mta="qmail",
                 status="held", reason="sender_rate_limit", challenged_at=None,
                 released_at=None) for n, i in enumerate(ids)])
-            session.execute(insert(PendingBody), [
-                dict(pending_id=i, owner=box.address, raw=f"Subject: {i}\n\n{i}\n".encode())
+            session.execute(insert(PendingChunk), [
+                dict(pending_id=i, seq=0, owner=box.address,
+                     data=f"Subject: {i}\n\n{i}\n".encode())
                 for i in ids])
     finally:
         engine.dispose()

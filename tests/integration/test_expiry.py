@@ -18,7 +18,7 @@ from sqlalchemy import select, text
 from crtool import serve
 from crtool.config import settings_from_mapping
 from crtool.store.engine import make_engine, transaction
-from crtool.store.models import Pending, PendingBody
+from crtool.store.models import Pending, PendingChunk
 from tests.faults.common import seed_old_pending
 from tests.integration import test_backscatter
 from tests.integration.test_backscatter import (
@@ -44,7 +44,7 @@ def stored_ids(box: Mailbox) -> set[str]:
     try:
         with transaction(engine, write=False) as session:
             rows = set(session.scalars(select(Pending.id)))
-            bodies = set(session.scalars(select(PendingBody.pending_id)))
+            bodies = set(session.scalars(select(PendingChunk.pending_id)))
     finally:
         engine.dispose()
     assert bodies <= rows
