@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -92,6 +92,9 @@ class Report:
     since: str
     total: int
     groups: tuple[Group, ...] = field(default_factory=tuple)
+    # With `web_url` set: a one-time link that logs the owner in to the web pages (valid for
+    # login.LOGIN_TTL from sending, once); "" otherwise.
+    login_url: str = ""
 
 
 def safe(text: str, cap: int = 200) -> str:
@@ -194,6 +197,8 @@ def send(box: Mailbox, recipient: str | None = None) -> Sent:
             since = digests.last_sent(session, box.owner)
             report = _report(session, settings, keys,
                              _claimed_by(box.owner, digest_id), since)
+        if settings.web_url:
+            report = replace(report, login_url=_login_url(box))
         message = build(settings, report, to, digest_id, keys, now)
         box.outbox.send(to, message)
     except BaseException:
@@ -203,6 +208,13 @@ def send(box: Mailbox, recipient: str | None = None) -> Sent:
     with transaction(box.engine) as session:
         digests.mark_sent(session, digest_id)
     return Sent(digest_id, claimed, to)
+
+
+def _login_url(box: Mailbox) -> str:
+    """A fresh one-time login link under `web_url`. Side effect: its row (see login.issue)."""
+    from crtool import login  # login imports service, which imports this module
+
+    return box.settings.web_link(f"login/{login.issue(box)}")
 
 
 def due(box: Mailbox) -> bool:

@@ -257,3 +257,24 @@ def test_long_lists_and_queues_come_page_by_page(web: Web) -> None:
     oldest = client.get("/?reason=list_headers&page=2").text
     assert "post 04" in oldest and "post 54" not in oldest
     assert client.get("/?reason=list_headers&page=x").status_code == 200
+
+
+def test_the_digest_carries_a_one_time_login_link_when_web_url_is_set(web: Web) -> None:
+    """With web_url set, the owner's digest links to the web pages with a fresh login link,
+    in both parts; it logs in once, like `crtool web login-link`'s."""
+    news = message("news@list.test", "Weekly news", headers={"List-Id": "<news.list.test>"})
+    assert web.box.deliver(news, "news@list.test").returncode == 99
+    out = web.box.ok("digest")
+    assert out.startswith("digest "), out
+    [(_, digest)] = web.box.outbox.drain(1)
+    body = digest.get_body(("plain",))
+    html = digest.get_body(("html",))
+    assert body is not None and html is not None
+    found = re.search(re.escape(WEB_URL) + r"(/login/[a-z2-7]{24})", str(body.get_content()))
+    assert found, body.get_content()
+    path = found.group(1)
+    assert f'href="{WEB_URL}{path}"' in str(html.get_content())
+    client = web.client()
+    assert client.get(path).status_code == 200
+    assert client.get("/").status_code == 200
+    assert web.client().get(path).status_code == 410
