@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, digest, fastpath, onward, policy, tokens
+from crtool import addresses, challenge, fastpath, onward, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
@@ -122,8 +122,13 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
 
 def _own_digest(box: Mailbox, session: Session, envelope: Envelope, facts: Facts) -> bool:
     """Whether this is a digest this crtool mailed to its owner, come back through the MTA
-    (null sender, a Message-ID signed for this owner). Only then are the keys loaded."""
-    if envelope.sender or not digest.looks_like_own(facts.message_id):
+    (null sender, a Message-ID signed for this owner). Only then are the keys loaded, and
+    the digest module imported: a stranger's hold need not pay for it."""
+    if envelope.sender:
+        return False
+    from crtool import digest
+
+    if not digest.looks_like_own(facts.message_id):
         return False
     return digest.recognise(session, box.owner, box.keys(), facts.message_id, box.now(),
                             box.settings.hold_ttl)

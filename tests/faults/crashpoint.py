@@ -65,7 +65,7 @@ def record_locks(path: str) -> None:
         elif statement.startswith("DELETE FROM pending "):
             state["deleted"] = state.get("deleted", 0) + max(cursor.rowcount, 0)
             figures["max_deleted"] = max(figures["max_deleted"], state["deleted"])
-        elif statement.startswith("DELETE FROM pending_bodies "):
+        elif statement.startswith("DELETE FROM pending_chunks "):
             # A held message leaving the queue (released or deleted): per transaction.
             state["bodies"] = state.get("bodies", 0) + max(cursor.rowcount, 0)
             figures["max_bodies_dropped"] = max(figures["max_bodies_dropped"],

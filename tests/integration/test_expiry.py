@@ -148,14 +148,14 @@ def _refuse_deletes(database_url: str) -> None:
         with engine.begin() as connection:
             if engine.dialect.name == "sqlite":
                 connection.execute(text(
-                    "CREATE TRIGGER refuse_delete BEFORE DELETE ON pending_bodies "
+                    "CREATE TRIGGER refuse_delete BEFORE DELETE ON pending_chunks "
                     "BEGIN SELECT RAISE(ABORT, 'deletes refused here'); END"))
             else:
                 connection.execute(text(
                     "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS "
                     "$$ BEGIN RAISE EXCEPTION 'deletes refused here'; END $$"))
                 connection.execute(text(
-                    "CREATE TRIGGER refuse_delete BEFORE DELETE ON pending_bodies "
+                    "CREATE TRIGGER refuse_delete BEFORE DELETE ON pending_chunks "
                     "FOR EACH ROW EXECUTE FUNCTION refuse_delete()"))
     finally:
         engine.dispose()
