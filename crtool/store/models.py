@@ -87,14 +87,13 @@ class Pending(Base):
 
     __table_args__ = (
         Index("ix_pending_digest", "owner", "digest", unique=True),
-        # `pending list --reason` and the digest's groups: equality on owner, status and
-        # reason, newest first; the second serves "new since the last digest" (IS NULL).
+        # `pending list --reason`, the digest's groups and the web queue's counts and pages:
+        # equality on owner, status and reason, newest first; the second serves "new since
+        # the last digest" (IS NULL).
         Index("ix_pending_reason", "owner", "status", "reason", "received_at"),
         Index("ix_pending_new", "owner", "digest_id", "status", "reason", "received_at"),
         Index("ix_pending_sender", "owner", "sender_key", "status"),
         Index("ix_pending_status_received", "owner", "status", "received_at"),
-        # The owner's web queue: counts by reason and each reason's newest page.
-        Index("ix_pending_status_reason", "owner", "status", "reason", "received_at"),
         Index("ix_pending_received", "received_at"),
     )
 

@@ -23,12 +23,10 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     op.create_index('ix_logins_created', 'logins', ['created_at'], unique=False)
-    op.create_index('ix_pending_status_reason', 'pending', ['owner', 'status', 'reason', 'received_at'], unique=False)
     op.create_index('ix_events_owner_at', 'events', ['owner', 'at', 'kind'], unique=False)
 
 
 def downgrade() -> None:
     op.drop_index('ix_events_owner_at', table_name='events')
-    op.drop_index('ix_pending_status_reason', table_name='pending')
     op.drop_index('ix_logins_created', table_name='logins')
     op.drop_table('logins')
