@@ -16,6 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from crtool import addresses, challenge, fastpath, onward, policy, tokens
@@ -108,13 +109,16 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
             return _purged_after(box, confirm(box, token, Via.mail(envelope, facts)))
         return _purged_after(box, owner_action(box, envelope, word, token))
 
-    with transaction(box.engine) as session:
+    # The decision only reads: no write lock is taken before it is known that something
+    # must be written, so whitelisted deliveries (most mail) run side by side.
+    with transaction(box.engine, write=False) as session:
         if _own_digest(box, session, envelope, facts):
             incoming = replace(incoming, own_digest=True)
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
-        if verdict.action is policy.Action.ACCEPT:
-            return _accept(box, session, envelope, raw, verdict)
-        if verdict.action is policy.Action.BLACKLISTED:
+    if verdict.action is policy.Action.ACCEPT:
+        return _accept(box, envelope, raw, verdict)
+    if verdict.action is policy.Action.BLACKLISTED:
+        with transaction(box.engine) as session:
             return _blacklisted(box, session, envelope, verdict)
 
     return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
@@ -141,11 +145,19 @@ def _listing(box: Mailbox, session: Session, sender: str) -> policy.Listing | No
     return policy.decide_listing(lists.matches(session, box.owner, keys), keys)
 
 
-def _accept(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
+def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
+    """Deliver first, with no database lock held (the Maildir's fsyncs are the slow part),
+    then log it in a short transaction of its own. The mail is safe once delivered: a log
+    that cannot be written then must not turn it into a temporary failure, which would make
+    the MTA deliver it twice."""
     key = verdict.listing.key if verdict.listing else verdict.reason
-    log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
     outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
+    try:
+        with transaction(box.engine) as session:
+            log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
+    except SQLAlchemyError as error:
+        detail = f"{detail}; not logged ({type(error).__name__})"
     return Result(outcome, detail)
 
 
@@ -162,6 +174,7 @@ def _blacklisted(box: Mailbox, session: Session, envelope: Envelope,
 def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
           incoming: policy.Incoming) -> Result:
     outgoing: _Outgoing | None = None
+    late_accept: policy.Verdict | None = None
     # What a challenge needs and is slow to get (Jinja2's import, the template's compilation,
     # the key ring) is got before the write lock, which 120 concurrent deliveries queue for.
     keys: Sequence[bytes] = ()
@@ -173,61 +186,69 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
         pending.lock_owner(session, box.owner, now)
         # Decided again inside the write lock: a list may have changed since the first look.
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
-        if verdict.action is not policy.Action.CHALLENGE and verdict.action is not \
-                policy.Action.HOLD:
-            return _decided_late(box, session, envelope, raw, verdict)
-        reason = verdict.reason
-        sender_key = addresses.unmangle(envelope.sender, box.settings.subaddress_separators)
-        if verdict.action is policy.Action.CHALLENGE:
-            reason = _rate_limited(box, session, sender_key, now) or reason
-        challenging = reason == "challenged"
-        # The bytes stream from stdin into the store; the digest that finds an earlier hold
-        # of this very delivery is known only at the end, so the look-up comes after, in the
-        # same transaction, and a retry's bytes are discarded there.
-        fingerprint = Fingerprint(box.owner, envelope)
-        held = Pending(
-            owner=box.owner,
-            sender=envelope.sender[:STORED_CAP],
-            sender_key=sender_key[:STORED_CAP],
-            recipient=envelope.recipient[:STORED_CAP],
-            from_header=facts.from_header[:STORED_CAP],
-            subject=facts.subject[:STORED_CAP],
-            message_id=facts.message_id[:STORED_CAP],
-            received_at=now,
-            mta=box.settings.mta,
-            status=pending.HELD,
-            reason=reason,
-            challenged_at=now if challenging else None,
-        )
-        row = pending.hold(session, held, fingerprint.through(raw.chunks()),
-                           tokens.new_token_id, fingerprint.hexdigest)
-        if row is not held:
-            # A retry of a delivery already held (a crash or a tempfail came between).
-            outgoing = _unsent_challenge(box, session, row, raw.start, facts)
-            failed = f"; challenge not sent after {policy.CHALLENGE_TRIES} tries" \
-                if row.reason == policy.CHALLENGE_FAILED else ""
-            result = Result(Outcome.HELD, f"already held as {row.id}{failed}", row.id,
-                            row.reason)
+        if verdict.action is policy.Action.BLACKLISTED:
+            return _blacklisted(box, session, envelope, verdict)
+        if verdict.action is policy.Action.ACCEPT:
+            late_accept = verdict
         else:
-            if challenging and not keys:
-                keys = box.keys()
-            log.record_event(session, box.owner, now, "held", reason, envelope.sender, row.id)
-            if challenging:
-                outgoing = _prepare_challenge(box, session, row, raw.start, facts, keys, now)
-                result = Result(Outcome.HELD, f"held as {row.id}; challenge sent to "
-                                f"{envelope.sender}", row.id, reason)
-            else:
-                result = Result(Outcome.HELD, f"held as {row.id} without challenge ({reason})",
-                                row.id, reason)
+            result, outgoing = _hold_now(box, session, envelope, raw, facts, verdict, keys, now)
+    if late_accept is not None:
+        # Whitelisted since the first look: delivered outside the write lock, as always.
+        return _accept(box, envelope, raw, late_accept)
     _send(box, outgoing)
     return result
 
 
-def _decided_late(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
-                  verdict: policy.Verdict) -> Result:
-    if verdict.action is policy.Action.ACCEPT:
-        return _accept(box, session, envelope, raw, verdict)
-    return _blacklisted(box, session, envelope, verdict)
+def _hold_now(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
+              facts: Facts, verdict: policy.Verdict, keys: Sequence[bytes],
+              now: int) -> tuple[Result, _Outgoing | None]:
+    """Store the message held, inside the hold's write transaction, and prepare its
+    challenge when it gets one; the challenge is sent after the commit."""
+    outgoing: _Outgoing | None = None
+    reason = verdict.reason
+    sender_key = addresses.unmangle(envelope.sender, box.settings.subaddress_separators)
+    if verdict.action is policy.Action.CHALLENGE:
+        reason = _rate_limited(box, session, sender_key, now) or reason
+    challenging = reason == "challenged"
+    # The bytes stream from stdin into the store; the digest that finds an earlier hold
+    # of this very delivery is known only at the end, so the look-up comes after, in the
+    # same transaction, and a retry's bytes are discarded there.
+    fingerprint = Fingerprint(box.owner, envelope)
+    held = Pending(
+        owner=box.owner,
+        sender=envelope.sender[:STORED_CAP],
+        sender_key=sender_key[:STORED_CAP],
+        recipient=envelope.recipient[:STORED_CAP],
+        from_header=facts.from_header[:STORED_CAP],
+        subject=facts.subject[:STORED_CAP],
+        message_id=facts.message_id[:STORED_CAP],
+        received_at=now,
+        mta=box.settings.mta,
+        status=pending.HELD,
+        reason=reason,
+        challenged_at=now if challenging else None,
+    )
+    row = pending.hold(session, held, fingerprint.through(raw.chunks()),
+                       tokens.new_token_id, fingerprint.hexdigest)
+    if row is not held:
+        # A retry of a delivery already held (a crash or a tempfail came between).
+        outgoing = _unsent_challenge(box, session, row, raw.start, facts)
+        failed = f"; challenge not sent after {policy.CHALLENGE_TRIES} tries" \
+            if row.reason == policy.CHALLENGE_FAILED else ""
+        result = Result(Outcome.HELD, f"already held as {row.id}{failed}", row.id,
+                        row.reason)
+    else:
+        if challenging and not keys:
+            keys = box.keys()
+        log.record_event(session, box.owner, now, "held", reason, envelope.sender, row.id)
+        if challenging:
+            outgoing = _prepare_challenge(box, session, row, raw.start, facts, keys, now)
+            result = Result(Outcome.HELD, f"held as {row.id}; challenge sent to "
+                            f"{envelope.sender}", row.id, reason)
+        else:
+            result = Result(Outcome.HELD, f"held as {row.id} without challenge ({reason})",
+                            row.id, reason)
+    return result, outgoing
 
 
 def _rate_limited(box: Mailbox, session: Session, sender_key: str, now: int) -> str | None:

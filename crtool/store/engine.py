@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,6 +150,25 @@ def transaction(engine: Engine, write: bool = True) -> Iterator[Session]:
     deliveries for the write lock.
     """
     bound = engine.execution_options(**{WRITE_OPTION: write})
-    with Session(bound, expire_on_commit=False) as session:
+    with _writer_turn(engine, write), Session(bound, expire_on_commit=False) as session:
         with session.begin():
             yield session
+
+
+# One lock per SQLite engine, taken around every write transaction. SQLite lets one writer in
+# at a time and makes the others poll with growing sleeps (up to 100 ms each) inside its busy
+# handler; threads of one process (`crtool serve`, `crtool lmtp`) that queue here instead are
+# let in the moment the writer before them commits. Other processes still meet SQLite's lock.
+_WRITERS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _writer_turn(engine: Engine, write: bool) -> Iterator[None]:
+    if not write or engine.dialect.name != "sqlite":
+        yield
+        return
+    with _WRITERS_LOCK:
+        turn = _WRITERS.setdefault(engine, threading.RLock())
+    with turn:
+        yield
