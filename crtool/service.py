@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, onward, policy, tokens
+from crtool import addresses, challenge, fastpath, known, onward, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
@@ -40,6 +40,7 @@ SENDER_ACTOR = "sender"
 OWNER_ACTOR = "owner"
 CONFIRMED_SOURCE = "confirmed"
 RELEASED_SOURCE = "released by owner"
+REPLY_SOURCE = "reply"
 
 
 @dataclass(frozen=True)
@@ -111,10 +112,11 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     with transaction(box.engine) as session:
         if _own_digest(box, session, envelope, facts):
             incoming = replace(incoming, own_digest=True)
+        incoming = known.enrich(box, session, envelope, facts, incoming)
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
         if verdict.action is policy.Action.ACCEPT:
             return _accept(box, session, envelope, raw, verdict)
-        if verdict.action is policy.Action.BLACKLISTED:
+        if verdict.action in (policy.Action.BLACKLISTED, policy.Action.DROP):
             return _blacklisted(box, session, envelope, verdict)
 
     return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
@@ -145,12 +147,18 @@ def _accept(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
     key = verdict.listing.key if verdict.listing else verdict.reason
     log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
+    if verdict.reason == policy.REPLY:
+        _whitelist(box, session, envelope.sender, REPLY_SOURCE, box.now())
     outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
     return Result(outcome, detail)
 
 
 def _blacklisted(box: Mailbox, session: Session, envelope: Envelope,
                  verdict: policy.Verdict) -> Result:
+    if verdict.action is policy.Action.DROP:  # never a bounce, whatever blacklist_action says
+        log.record_event(session, box.owner, box.now(), "dropped", verdict.reason,
+                         envelope.sender)
+        return Result(Outcome.DROPPED, f"{verdict.reason}; dropped", reason=verdict.reason)
     key = verdict.listing.key if verdict.listing else ""
     if box.settings.blacklist_action == "bounce":
         log.record_event(session, box.owner, box.now(), "bounced", "blacklisted", envelope.sender)
