@@ -53,23 +53,23 @@ def add_commands(sub: Any) -> None:
     """The `sendmail` and `address` commands of build_parser()."""
     sendmail = sub.add_parser(
         "sendmail", help="your mail program's sendmail: whitelist whom you write to",
-        description="Send one message (stdin) through the real sendmail with the same "
+        description=_wrapped("Send one message (stdin) through the real sendmail with the same "
         "arguments and exit with its code. Once it took the message, every recipient "
         "(the arguments, or To/Cc/Bcc with -t) is whitelisted (source 'sent'), never over a "
         "blacklist entry and never your own address, and the Message-ID is recorded; a "
         "message without one gets a signed Message-ID. A reply naming it within "
-        "reply_window is delivered without a challenge.",
+        "reply_window is delivered without a challenge."),
         epilog=SENDMAIL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sendmail.add_argument("arguments", nargs=argparse.REMAINDER, metavar="ARG",
                           help="sendmail's options and the recipients, passed on unchanged")
 
     address = sub.add_parser(
         "address", help="tagged addresses: dated, sender, keyword",
-        description="Addresses of yours that let mail through without a challenge: a "
+        description=_wrapped("Addresses of yours that let mail through without a challenge: a "
         "dated address until it expires, a sender address from one sender (or domain) only, "
         "a keyword address until you revoke its keyword. Mail to an expired one, or to a "
         "sender address from anyone else, is read as mail to your bare address; mail to a "
-        "revoked keyword address is dropped. None is ever bounced.",
+        "revoked keyword address is dropped. None is ever bounced."),
         epilog=ADDRESS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = address.add_subparsers(dest="verb", required=True, metavar="VERB")
     dated = verbs.add_parser("dated", help="print a dated address: accepted until it expires")
@@ -96,6 +96,12 @@ def add_commands(sub: Any) -> None:
     check.add_argument("--json", action="store_true", help="one JSON object")
     for parser in (dated, sender, keyword, revoke, check):
         parser.add_argument("--owner", metavar="ADDR", help="system mode: the owner to act for")
+
+
+def _wrapped(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, 78)
 
 
 def _global_home(words: Sequence[str]) -> tuple[str | None, bool, list[str]]:
