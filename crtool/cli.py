@@ -479,9 +479,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return quick
     words = list(sys.argv[1:] if argv is None else argv)
     if command_word(words) == "sendmail" and "--help" not in words:
-        from crtool.tag_commands import run_sendmail
+        from crtool.sendmail_command import run_words
 
-        return run_sendmail(words)
+        return run_words(words)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

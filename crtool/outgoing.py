@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
 
+from sqlalchemy import Engine
+
 from crtool import addresses, policy
+from crtool.config import Settings
 from crtool.message import is_msg_id
-from crtool.service import Mailbox
 from crtool.store import lists, sent
 from crtool.store.engine import transaction
 
@@ -39,39 +41,42 @@ def recipient_addresses(texts: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _own(box: Mailbox, address: str) -> bool:
+def _own(settings: Settings, address: str) -> bool:
     """The owner's address, one of its extensions, or where the digest goes."""
     key = addresses.normalize_address(address)
-    owner_local, owner_domain = addresses.split_address(box.owner)
+    owner_local, owner_domain = addresses.split_address(settings.owner)
     local, domain = addresses.split_address(key)
-    own = {box.owner, addresses.normalize_address(box.settings.digest_to or box.owner)}
+    own = {settings.owner, addresses.normalize_address(settings.digest_to or settings.owner)}
     return key in own or (domain == owner_domain
-                          and local.startswith(owner_local + box.settings.delimiter))
+                          and local.startswith(owner_local + settings.delimiter))
 
 
-def record(box: Mailbox, recipients: Sequence[str], message_id: str) -> Recorded:
-    """Whitelist `recipients` (bare addresses) and record `message_id` ("" for none)."""
+def record(settings: Settings, engine: Engine, recipients: Sequence[str], message_id: str,
+           now: int) -> Recorded:
+    """Whitelist `recipients` (bare addresses) and record `message_id` ("" for none).
+
+    Takes the settings and an engine rather than a service.Mailbox: the owner's mail program
+    waits for this, and the delivery code (templates, Maildir, LMTP) has no part in it."""
     whitelisted: list[str] = []
     skipped: list[str] = []
-    separators = box.settings.subaddress_separators
-    with transaction(box.engine) as session:
-        now = box.now()
+    separators = settings.subaddress_separators
+    owner = settings.owner
+    with transaction(engine) as session:
         for address in recipients:
             pattern = addresses.confirmed_pattern(address, separators)
-            if pattern is None or _own(box, address):
+            if pattern is None or _own(settings, address):
                 skipped.append(address)
                 continue
             keys = addresses.lookup_keys(pattern.key, separators)
-            listing = policy.decide_listing(lists.matches(session, box.owner, keys), keys)
+            listing = policy.decide_listing(lists.matches(session, owner, keys), keys)
             if listing is not None and listing.list_name == policy.BLACK:
                 skipped.append(address)
                 continue
             if listing is not None and listing.key == pattern.key:
                 continue  # listed already: the owner's note on it stays
-            if lists.add(session, box.owner, policy.WHITE, pattern, SENT_SOURCE, now,
-                         SENT_SOURCE):
+            if lists.add(session, owner, policy.WHITE, pattern, SENT_SOURCE, now, SENT_SOURCE):
                 whitelisted.append(pattern.text)
         recorded = message_id if is_msg_id(message_id) else ""
         if recorded:
-            sent.record(session, box.owner, [recorded], now)
+            sent.record(session, owner, [recorded], now)
     return Recorded(tuple(whitelisted), tuple(skipped), recorded)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING
 
 from crtool import tokens
 from crtool.errors import BadToken
 from crtool.message import Facts, is_msg_id
-from crtool.store import sent
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 PURPOSE = "reply"
 SUFFIX = ".crtool"
@@ -76,6 +77,10 @@ def is_reply(session: Session, owner: str, keys: Callable[[], Sequence[bytes]],
              facts: Facts, now: int, window: int) -> bool:
     """Whether the message answers mail the owner sent within `window`: a signed Message-ID
     that verifies (the key ring is read only when one is named), or a recorded one."""
+    # Imported here: `crtool sendmail` mints Message-IDs with this module before the mail
+    # goes out, and must not wait for SQLAlchemy then.
+    from crtool.store import sent
+
     ids = referenced(facts)
     if not ids:
         return False

@@ -151,18 +151,18 @@ def _send(argv: list[str], head: bytes, rest: BinaryIO | None) -> int:
 
 
 def _record(settings: Settings, recipients: Sequence[str], message_id: str) -> None:
-    from dataclasses import replace
-
-    from crtool import outgoing
-    from crtool.service import open_mailbox
+    import time
 
     try:
-        timeout = min(settings.database_timeout, RECORD_TIMEOUT)
-        box = open_mailbox(replace(settings, database_timeout=timeout))
+        from crtool import outgoing
+        from crtool.store.engine import make_engine
+
+        engine = make_engine(settings.database_url,
+                             timeout=min(settings.database_timeout, RECORD_TIMEOUT))
         try:
-            outgoing.record(box, recipients, message_id)
+            outgoing.record(settings, engine, recipients, message_id, int(time.time()))
         finally:
-            box.engine.dispose()
+            engine.dispose()
     except Exception as error:  # noqa: BLE001 - the mail is sent: say so, exit its code
         from crtool.delivery import describe
 
@@ -211,3 +211,40 @@ def _run_plain(argv: list[str]) -> int:
     except OSError as error:
         say(f"cannot run {argv[0]}: {error.strerror}")
         return EX_TEMPFAIL
+
+
+def _global_home(words: Sequence[str]) -> tuple[str | None, bool, list[str]]:
+    """(--home, whether --config was given, sendmail's arguments) of a command line whose
+    command is `sendmail` (cli.command_word)."""
+    home: str | None = None
+    system = False
+    position = 0
+    while position < len(words):
+        word = words[position]
+        if word == "sendmail":
+            return home, system, list(words[position + 1:])
+        name, eq, value = word.partition("=")
+        takes = len(name) > 3 and ("--home".startswith(name) or "--config".startswith(name))
+        if takes and not eq:
+            value = words[position + 1] if position + 1 < len(words) else ""
+            position += 1
+        if takes and "--home".startswith(name):
+            home = value
+        elif takes:
+            system = True
+        position += 1
+    return home, system, []
+
+
+def run_words(words: Sequence[str]) -> int:
+    """`crtool [--home H] sendmail ARGS…` as cli.main got it: HOME from the global options
+    before the command, sendmail's own arguments after it."""
+    from crtool.config import resolve_home
+
+    home, system, arguments = _global_home(words)
+    if system:
+        # Hub mode has no one owner to record for here: the mail goes out all the same.
+        say("system mode (--config) names no owner; sending without whitelisting or "
+            "recording")
+        return run(None, arguments)
+    return run(resolve_home(home, os.environ), arguments)

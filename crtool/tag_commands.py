@@ -1,18 +1,16 @@
 """The command line of the owner's outgoing mail and tagged addresses: `crtool sendmail` and
 `crtool address`. Thin: the work is sendmail_command's and tag_service's.
 
-`crtool sendmail` takes sendmail's own options, not crtool's: cli.main hands its words here
-before argparse sees them (argparse would refuse `-oi` or `-f addr`), and its parser below only
-serves `--help` and the man page.
+`crtool sendmail` takes sendmail's own options, not crtool's: cli.main hands its words to
+sendmail_command.run_words before argparse sees them (argparse would refuse `-oi` or `-f
+addr`), and its parser below only serves `--help` and the man page.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from crtool import terminal
@@ -102,43 +100,6 @@ def _wrapped(text: str) -> str:
     import textwrap
 
     return textwrap.fill(text, 78)
-
-
-def _global_home(words: Sequence[str]) -> tuple[str | None, bool, list[str]]:
-    """(--home, whether --config was given, sendmail's arguments) of a command line whose
-    command is `sendmail` (cli.command_word)."""
-    home: str | None = None
-    system = False
-    position = 0
-    while position < len(words):
-        word = words[position]
-        if word == "sendmail":
-            return home, system, list(words[position + 1:])
-        name, eq, value = word.partition("=")
-        takes = len(name) > 3 and ("--home".startswith(name) or "--config".startswith(name))
-        if takes and not eq:
-            value = words[position + 1] if position + 1 < len(words) else ""
-            position += 1
-        if takes and "--home".startswith(name):
-            home = value
-        elif takes:
-            system = True
-        position += 1
-    return home, system, []
-
-
-def run_sendmail(words: Sequence[str]) -> int:
-    """`crtool [--home H] sendmail ARGS…`: see sendmail_command."""
-    from crtool import sendmail_command
-    from crtool.config import resolve_home
-
-    home, system, arguments = _global_home(words)
-    if system:
-        # Hub mode has no one owner to record for here: the mail goes out all the same.
-        sendmail_command.say("system mode (--config) names no owner; sending without "
-                             "whitelisting or recording")
-        return sendmail_command.run(None, arguments)
-    return sendmail_command.run(resolve_home(home, os.environ), arguments)
 
 
 def address_command(settings: Settings, args: argparse.Namespace) -> int:
