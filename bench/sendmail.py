@@ -9,7 +9,9 @@ shuffled order; medians), the message on stdin as a file:
   Message-ID (crtool mints a signed one, streams, then whitelists and records);
 - `crtool_t10`: `crtool sendmail -oi -t`, ten recipients in To/Cc (ten whitelist entries);
 - `crtool_big`: a 50 MiB message through `crtool sendmail`, with its peak RSS (GNU time): the
-  body is streamed, never held whole.
+  body is streamed, never held whole;
+- `import_orm`: `python -c 'import sqlalchemy.orm'`, the import that recording (a write, so
+  through SQLAlchemy) cannot avoid: most of the overhead, measured in the same rounds.
 
 Run alone with `python -m bench.sendmail [--quick]`; `make bench` runs it after the rest.
 Prints a table and writes bench/results-sendmail.json.
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.homes import CRTOOL
+from bench.homes import CRTOOL, PYTHON
 from bench.proc import Run, Samples, spawn
 
 RESULTS = Path(__file__).resolve().parent / "results-sendmail.json"
@@ -87,6 +89,7 @@ def measure(quick: bool) -> dict[str, object]:
             "bare_big": lambda: spawn([str(sink), "-oi", "--", "bob@remote.test"], env, big),
             "crtool_big": lambda: spawn([*crtool, "-oi", "--", "bob@remote.test"], env, big,
                                         rss),
+            "import_orm": lambda: spawn([PYTHON, "-c", "import sqlalchemy.orm"], env),
         }
         samples = {name: Samples() for name in runs}
         for run in runs.values():  # warm the page cache and the .pyc files
