@@ -94,3 +94,31 @@ def test_dated_and_keyword_addresses_deliver_and_a_revoked_keyword_is_dropped(
     assert not any("status=bounced" in line or "status=deferred" in line
                    for line in log.lines(queue_id))
     assert bob.messages(word) == []  # no challenge, no bounce
+
+
+def test_mutt_sends_through_crtool_sendmail_and_its_own_message_id_counts(
+        shared: None) -> None:
+    # Debian's mutt in batch mode, configured as the README says: it runs
+    # `crtool sendmail -oem -oi -- RCPT` (its default flags) with a Message-ID of its own,
+    # which crtool records instead of replacing.
+    word = host.marker()
+    friend = f"bob-{word}@remote.test"
+    muttrc = alice.home / f".muttrc-{word}"
+    muttrc.write_text(f'set sendmail="{CRTOOL} sendmail"\nset from="{ALICE}"\n'
+                      'set use_from=yes\nset record=""\nset charset="utf-8"\n')
+    try:
+        result = alice.as_user(["/usr/bin/mutt", "-n", "-F", str(muttrc), "-s",
+                                f"Tickets {word}", "--", friend], input=b"Two for Friday.\n")
+        assert result.returncode == 0, result.stderr
+    finally:
+        muttrc.unlink()
+    [arrived] = host.wait_for("mutt's mail in bob's Maildir", lambda: bob.messages(word))
+    found = re.search(rb"^Message-ID: (<[^>]+>)", arrived, re.MULTILINE | re.IGNORECASE)
+    assert found is not None and b".crtool@" not in found.group(1)
+    assert whitelist()[friend] == "sent"
+    replier = f"bob-{word}-x@remote.test"
+    bob.send(replier, ALICE, host.mail(replier, ALICE, f"Re: Tickets {word}",
+                                       f"answer-{word}@remote.test",
+                                       extra=f"References: {found.group(1).decode()}\n"))
+    host.wait_for("the answer in alice's Maildir", lambda: alice.messages(f"answer-{word}"))
+    assert len(bob.messages(word)) == 1  # no challenge
