@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from crtool.store.models import SentMessage, TaggedAddress
@@ -31,14 +31,18 @@ def record(session: Session, owner: str, message_ids: Iterable[str], now: int) -
     return added
 
 
+def sent_statement(owner: str, message_ids: list[str], since: int) -> Select[int]:
+    """A reply's look-up (tests/unit/test_outgoing_indexes.py shows it uses the index)."""
+    return select(SentMessage.id).where(
+        SentMessage.owner == owner, SentMessage.message_id.in_(message_ids),
+        SentMessage.sent_at >= since).limit(1)
+
+
 def sent_since(session: Session, owner: str, message_ids: list[str], since: int) -> bool:
     """Whether the owner sent any of these Message-IDs at `since` or later."""
     if not message_ids:
         return False
-    found = session.scalar(select(SentMessage.id).where(
-        SentMessage.owner == owner, SentMessage.message_id.in_(message_ids),
-        SentMessage.sent_at >= since).limit(1))
-    return found is not None
+    return session.scalar(sent_statement(owner, message_ids, since)) is not None
 
 
 def tagged(session: Session, owner: str, kind: str, value: str) -> TaggedAddress | None:
@@ -80,7 +84,11 @@ def revoke(session: Session, owner: str, kind: str, value: str, token: str,
     return True
 
 
+def revoked_statement(owner: str, kind: str, value: str) -> Select[int | None]:
+    return select(TaggedAddress.revoked_at).where(
+        TaggedAddress.owner == owner, TaggedAddress.kind == kind, TaggedAddress.value == value)
+
+
 def revoked(session: Session, owner: str, kind: str, value: str) -> bool:
-    row = session.scalar(select(TaggedAddress.revoked_at).where(
-        TaggedAddress.owner == owner, TaggedAddress.kind == kind, TaggedAddress.value == value))
-    return row is not None
+    """Whether the owner revoked this tagged address (a keyword); no row is not revoked."""
+    return session.scalar(revoked_statement(owner, kind, value)) is not None
