@@ -25,10 +25,11 @@ TAGGED_EVENT = "tagged"
 
 
 def enrich(box: Mailbox, session: Session, envelope: Envelope, facts: Facts,
-           incoming: policy.Incoming) -> policy.Incoming:
+           incoming: policy.Incoming, record: bool = True) -> policy.Incoming:
     """`incoming` with `tag` and `reply` filled in. A tag that does not hold is recorded as
     an event (kind "tagged", its reason), since the message is then decided as mail to the
-    bare address and its own reason says nothing of the tag."""
+    bare address and its own reason says nothing of the tag; `record=False` (`crtool check`)
+    changes nothing."""
     settings = box.settings
     tagged = tags.parse(envelope.recipient, settings.address, settings.delimiter)
     if tagged is not None:
@@ -41,7 +42,7 @@ def enrich(box: Mailbox, session: Session, envelope: Envelope, facts: Facts,
         tag = policy.Tag(tagged.kind, status)
         incoming = replace(incoming, tag=tag)
         fallback = policy.tag_fallback_reason(tag)
-        if fallback is not None:
+        if fallback is not None and record:
             log.record_event(session, box.owner, now, TAGGED_EVENT, fallback, envelope.sender)
     if (facts.has("in-reply-to") or facts.has("references")) and replies.is_reply(
             session, box.owner, box.keys, facts, box.now(), settings.reply_window):

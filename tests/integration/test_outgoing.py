@@ -205,7 +205,11 @@ def test_a_revoked_keyword_is_dropped_never_bounced_or_deferred(mailbox: Mailbox
     config.write_text(config.read_text().replace('blacklist_action = "drop"',
                                                  'blacklist_action = "bounce"'))
     shop = mailbox.ok("address", "keyword", "shop").strip()
+    verdict = json.loads(mailbox.ok("check", "spam@shop.test", "--recipient", shop, "--json"))
+    assert (verdict["verdict"], verdict["reason"]) == ("deliver", "tagged_keyword")
     assert mailbox.ok("address", "revoke", "keyword", "shop").startswith("revoked: ")
+    verdict = json.loads(mailbox.ok("check", "spam@shop.test", "--recipient", shop, "--json"))
+    assert (verdict["verdict"], verdict["reason"]) == ("drop", "keyword_revoked")
     assert mailbox.ok("address", "revoke", "keyword", "shop").startswith("already revoked")
     result = mailbox.deliver(message("spam@shop.test"), "spam@shop.test", shop)
     assert result.returncode == 99 and b"keyword_revoked" in result.stderr
