@@ -178,25 +178,39 @@ def run(home: Path | None, argv: Sequence[str]) -> int:
              "sendmail (e.g. /usr/sbin/sendmail)")
         return EX_TEMPFAIL
     settings = _settings(home) if home is not None else None
-    command = shlex.split(settings.sendmail) if settings is not None else [default_sendmail()]
-    real = [*command, *argv]
-    if not invocation.sends:
+    try:
+        command = shlex.split(settings.sendmail) if settings is not None else []
+    except ValueError as error:
+        say(f"the sendmail setting cannot be read ({error}); sending through "
+            f"{default_sendmail()} without whitelisting or recording")
+        settings, command = None, []
+    real = [*(command or [default_sendmail()]), *argv]
+    if not invocation.sends or sys.stdin is None:
         return _run_plain(real)
     stream = sys.stdin.buffer
     head, ended = read_head(stream, invocation.ignore_dots)
-    has_id, message_id = message_id_of(head)
-    if settings is not None and not has_id:
-        message_id = _mint(settings)
-        if message_id:
-            head = with_message_id(head, message_id)
+    message_id = ""
+    try:
+        has_id, message_id = message_id_of(head)
+        if settings is not None and not has_id:
+            message_id = _mint(settings)
+            if message_id:
+                head = with_message_id(head, message_id)
+    except Exception as error:  # noqa: BLE001 - crtool's part fails, the mail goes out as is
+        say(f"sending without a Message-ID of crtool's: {error}")
+        message_id = ""
     code = _send(real, head, None if ended else stream)
     if code != 0 or settings is None:
         return code
-    from crtool.outgoing import recipient_addresses
+    try:
+        from crtool.outgoing import recipient_addresses
 
-    recipients = recipient_addresses(list(invocation.recipients))
-    if invocation.extract:
-        recipients = list(dict.fromkeys([*recipients, *header_recipients(head)]))
+        recipients = recipient_addresses(list(invocation.recipients))
+        if invocation.extract:
+            recipients = list(dict.fromkeys([*recipients, *header_recipients(head)]))
+    except Exception as error:  # noqa: BLE001 - sent: the mail program must not send again
+        say(f"sent, but not recorded: {error}")
+        return code
     _record(settings, recipients, message_id)
     return code
 
