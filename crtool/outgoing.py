@@ -79,4 +79,5 @@ def record(settings: Settings, engine: Engine, recipients: Sequence[str], messag
         recorded = message_id if is_msg_id(message_id) else ""
         if recorded:
             sent.record(session, owner, [recorded], now)
+        sent.forget_before(session, owner, now - settings.reply_window)
     return Recorded(tuple(whitelisted), tuple(skipped), recorded)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.orm import Session
 
 from crtool.store.models import SentMessage, TaggedAddress
@@ -29,6 +29,14 @@ def record(session: Session, owner: str, message_ids: Iterable[str], now: int) -
         added += 1
     session.flush()
     return added
+
+
+def forget_before(session: Session, owner: str, before: int) -> int:
+    """Delete the owner's Message-IDs sent before `before`: past `reply_window` they let
+    nothing through, so the table holds one window's worth of the owner's mail."""
+    result = session.execute(delete(SentMessage).where(
+        SentMessage.owner == owner, SentMessage.sent_at < before))
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def sent_statement(owner: str, message_ids: list[str], since: int) -> Select[int]:

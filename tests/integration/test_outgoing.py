@@ -9,7 +9,11 @@ import stat
 import time
 from pathlib import Path
 
+from sqlalchemy import select
+
 from crtool import tags, tokens
+from crtool.store.engine import make_engine
+from crtool.store.models import SentMessage
 from tests.support import CAPTURE_SENDMAIL, Mailbox, crtool_executable, message
 
 REPLY = re.compile(rb"^Message-ID: (<[^>]+>)", re.MULTILINE)
@@ -90,7 +94,7 @@ def test_a_reply_to_a_signed_message_id_arrives_and_a_guessed_one_is_challenged(
 
 
 def test_a_reply_after_the_window_or_from_the_blacklist_is_not_let_through(
-        mailbox: Mailbox) -> None:
+        mailbox: Mailbox, database_url: str) -> None:
     data = outgoing(extra="Message-ID: <old@laptop.example.test>\n")
     assert sent(mailbox, ("bob@remote.test",), data)[0] == 0
     mailbox.outbox.drain(1)
@@ -105,6 +109,14 @@ def test_a_reply_after_the_window_or_from_the_blacklist_is_not_let_through(
     time.sleep(1.1)
     assert mailbox.deliver(late, "gina@else.test").returncode == 99
     mailbox.outbox.drain(1)
+    # The next mail sent forgets the Message-IDs past the window: they let nothing in.
+    assert sent(mailbox, ("bob@remote.test",), outgoing())[0] == 0
+    mailbox.outbox.drain(1)
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        ids = connection.execute(select(SentMessage.message_id)).scalars().all()
+    engine.dispose()
+    assert "<old@laptop.example.test>" not in ids and len(ids) == 1
 
 
 def test_an_automated_reply_is_delivered_and_nobody_whitelisted(mailbox: Mailbox) -> None:
