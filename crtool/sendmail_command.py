@@ -150,6 +150,18 @@ def _send(argv: list[str], head: bytes, rest: BinaryIO | None) -> int:
     return process.wait()
 
 
+def _bounded(url: str) -> str:
+    """`url` with a connect timeout for PostgreSQL: a database host that does not answer
+    must not keep the mail program waiting for the system's TCP timeout (minutes)."""
+    from sqlalchemy import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return url
+    return parsed.update_query_dict({"connect_timeout": str(RECORD_TIMEOUT)}).render_as_string(
+        hide_password=False)
+
+
 def _record(settings: Settings, recipients: Sequence[str], message_id: str) -> None:
     import time
 
@@ -157,7 +169,7 @@ def _record(settings: Settings, recipients: Sequence[str], message_id: str) -> N
         from crtool import outgoing
         from crtool.store.engine import make_engine
 
-        engine = make_engine(settings.database_url,
+        engine = make_engine(_bounded(settings.database_url),
                              timeout=min(settings.database_timeout, RECORD_TIMEOUT))
         try:
             outgoing.record(settings, engine, recipients, message_id, int(time.time()))
