@@ -266,6 +266,10 @@ def main() -> int:
     from bench import lmtp
 
     lmtp.main(["--quick"] if args.quick else [])
+    # The owner's outgoing mail: `crtool sendmail` beside the sendmail it wraps.
+    from bench import sendmail
+
+    sendmail.main(["--quick"] if args.quick else [])
     return 0
 
 

@@ -242,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "exit 0 when there is none, 4 when there is any.")
     doctor.add_argument("--json", action="store_true", help="the problems as a JSON array")
     _add_system_commands(sub)
+    from crtool.tag_commands import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -474,6 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     quick = _client_deliver(argv)
     if quick is not None:
         return quick
+    words = list(sys.argv[1:] if argv is None else argv)
+    if command_word(words) == "sendmail" and "--help" not in words:
+        from crtool.sendmail_command import run_words
+
+        return run_words(words)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

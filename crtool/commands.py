@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         "digest": digest_command,
         "check": check_command,
         "history": history_command,
+        "address": address_command,
     }
     if getattr(args, "config", None):
         from crtool import system_commands
@@ -55,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "init":
         return init(home, args)
     return handlers[args.command](load_settings(home), args)
+
+
+def address_command(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.tag_commands import address_command as run_address
+
+    return run_address(settings, args)
 
 
 def _now() -> int:

@@ -99,6 +99,8 @@ class Settings:
     subaddress_separators: str = "+"
     name: str = ""  # the owner's name, shown in the challenge's From (else the address)
     challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
+    # How long a reply to mail the owner sent through `crtool sendmail` is delivered unasked.
+    reply_window: int = 180 * 86400
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= 0:
@@ -126,7 +128,7 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
-              "database_timeout", "digest_every"}
+              "database_timeout", "digest_every", "reply_window"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
              "challenge_excerpt_lines", "web_rate_limit", "web_trusted_proxies"}
 # A challenge quotes a short excerpt at most, never the message.
@@ -320,4 +322,7 @@ challenge_excerpt_lines = {settings.challenge_excerpt_lines}
 # `crtool serve` mails one ("0" never; `crtool digest` from cron works as well).
 digest_to = {q(settings.digest_to)}
 digest_every = "{format_duration(settings.digest_every)}"
+# A reply to mail you sent through `crtool sendmail` is delivered (and its sender whitelisted)
+# for this long after you sent it.
+reply_window = "{format_duration(settings.reply_window)}"
 """

@@ -26,6 +26,23 @@ class Action(enum.Enum):
     BLACKLISTED = "blacklisted"
     CHALLENGE = "challenge"  # hold and send one challenge
     HOLD = "hold"  # hold silently; `reason` says why no challenge
+    DROP = "drop"  # nothing held, nothing sent, never a bounce (a revoked keyword address)
+
+
+@dataclass(frozen=True)
+class Tag:
+    """Mail to one of the owner's tagged addresses (tags.py), as the service found it: its
+    kind (`dated`, `sender`, `keyword`) and what its token said (a TAG_* status)."""
+
+    kind: str
+    status: str
+
+
+TAG_VALID = "valid"
+TAG_EXPIRED = "expired"
+TAG_FORGED = "forged"  # malformed, or the signature does not verify under any key
+TAG_WRONG_SENDER = "wrong_sender"
+TAG_REVOKED = "revoked"
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,10 @@ class Incoming:
     authserv_id: str = ""
     # A digest this crtool mailed to its owner, come back (its signed Message-ID verified).
     own_digest: bool = False
+    # In-Reply-To or References names a Message-ID the owner sent within `reply_window`.
+    reply: bool = False
+    # The recipient is one of the owner's tagged addresses; None for any other recipient.
+    tag: Tag | None = None
 
 
 @dataclass(frozen=True)
@@ -384,6 +405,49 @@ UNSENT_REASONS: dict[str, str] = {
 }
 
 
+# Accepted without a list entry: replies to the owner's own mail (`crtool sendmail` records or
+# signs its Message-IDs) and mail to the owner's tagged addresses (`crtool address`). A tag that
+# does not hold is no reason to refuse mail: it is read as mail to the bare address, under the
+# rules above, with the reason recorded as an event. docs/reasons.md shows these tables too.
+REPLY = "reply"
+REPLY_REASONS: dict[str, str] = {
+    REPLY: "`In-Reply-To` or `References` names a Message-ID the owner sent (within "
+           "`reply_window`): delivered, and the envelope sender whitelisted (note `reply`)",
+    "reply_automated": "a reply to the owner's mail (as `reply`) from a sender one of the "
+                       "held-without-challenge rules names (a bounce, an automated answer, a "
+                       "list): delivered, nobody whitelisted",
+}
+TAG_REASONS: dict[str, str] = {
+    "tagged_dated": "mail to a dated address (`crtool address dated`) before it expires: "
+                    "delivered",
+    "tagged_sender": "mail to a sender address (`crtool address sender`) from the address or "
+                     "domain it was made for, not failing SPF or DMARC: delivered",
+    "tagged_keyword": "mail to a keyword address (`crtool address keyword`) not revoked: "
+                      "delivered",
+    "keyword_revoked": "mail to a keyword address the owner revoked (`crtool address revoke "
+                       "keyword`): dropped, nothing sent, never a bounce",
+    "dated_expired": "mail to a dated address past its expiry: read as mail to the bare "
+                     "address",
+    "sender_mismatch": "mail to a sender address from a sender it was not made for (or whose "
+                       "token does not verify): read as mail to the bare address",
+    "tag_forged": "mail to a tagged address whose token is malformed or does not verify "
+                  "under any key: read as mail to the bare address",
+}
+_TAG_FALLBACK = {TAG_EXPIRED: "dated_expired", TAG_WRONG_SENDER: "sender_mismatch",
+                 TAG_FORGED: "tag_forged"}
+
+
+def tag_fallback_reason(tag: Tag | None) -> str | None:
+    """Why mail to a tagged address is read as mail to the bare address, or None when the
+    tag holds (or is revoked, which drops it)."""
+    return None if tag is None else _TAG_FALLBACK.get(tag.status)
+
+
+def _forged(m: Incoming) -> bool:
+    """The owner's MTA says the sender's domain disowns this message (SPF or DMARC fail)."""
+    return spf_failed(m) or dmarc_failed(m)
+
+
 def suppression_reason(message: Incoming) -> str | None:
     """The first rule that forbids a challenge to this message's sender, or None."""
     for rule in SUPPRESSION_RULES:
@@ -406,6 +470,16 @@ def classify(message: Incoming, listing: Listing | None) -> Verdict:
         if whitelisted_but_forged(message, listing):
             return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
         return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+    if message.tag is not None and message.tag.status == TAG_REVOKED:
+        return Verdict(Action.DROP, reason="keyword_revoked")
+    if message.tag is not None and message.tag.status == TAG_VALID and not (
+            message.tag.kind == "sender" and _forged(message)):
+        return Verdict(Action.ACCEPT, reason=f"tagged_{message.tag.kind}")
+    if message.reply and not _forged(message):
+        # Someone answering the owner: a person is whitelisted, an automated answer (a
+        # vacation notice, a list carrying replies to the owner's post) only delivered.
+        automated = suppression_reason(message) is not None
+        return Verdict(Action.ACCEPT, reason="reply_automated" if automated else REPLY)
     if message.own_digest:
         # Null sender and Auto-Submitted, so any rule below would hold it: the owner would
         # never see the digest that tells him what is held.

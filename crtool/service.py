@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, onward, policy, tokens
+from crtool import addresses, challenge, fastpath, known, onward, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
@@ -41,6 +41,7 @@ SENDER_ACTOR = "sender"
 OWNER_ACTOR = "owner"
 CONFIRMED_SOURCE = "confirmed"
 RELEASED_SOURCE = "released by owner"
+REPLY_SOURCE = "reply"
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,17 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
             return _purged_after(box, confirm(box, token, Via.mail(envelope, facts)))
         return _purged_after(box, owner_action(box, envelope, word, token))
 
-    # The decision only reads: no write lock is taken before it is known that something
-    # must be written, so whitelisted deliveries (most mail) run side by side.
-    with transaction(box.engine, write=False) as session:
+    # The decision only reads (but for a tag that does not hold, which is recorded): no
+    # write lock is taken before it is known that something must be written, so
+    # whitelisted deliveries (most mail) run side by side.
+    with transaction(box.engine, write=known.records(box.settings, envelope)) as session:
         if _own_digest(box, session, envelope, facts):
             incoming = replace(incoming, own_digest=True)
+        incoming = known.enrich(box, session, envelope, facts, incoming)
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
     if verdict.action is policy.Action.ACCEPT:
         return _accept(box, envelope, raw, verdict)
-    if verdict.action is policy.Action.BLACKLISTED:
+    if verdict.action in (policy.Action.BLACKLISTED, policy.Action.DROP):
         with transaction(box.engine) as session:
             return _blacklisted(box, session, envelope, verdict)
 
@@ -156,6 +159,8 @@ def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
     try:
         with transaction(box.engine) as session:
             log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
+            if verdict.reason == policy.REPLY:
+                _whitelist(box, session, envelope.sender, REPLY_SOURCE, box.now())
     except SQLAlchemyError as error:
         detail = f"{detail}; not logged ({type(error).__name__})"
     return Result(outcome, detail)
@@ -163,6 +168,10 @@ def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
 
 def _blacklisted(box: Mailbox, session: Session, envelope: Envelope,
                  verdict: policy.Verdict) -> Result:
+    if verdict.action is policy.Action.DROP:  # never a bounce, whatever blacklist_action says
+        log.record_event(session, box.owner, box.now(), "dropped", verdict.reason,
+                         envelope.sender)
+        return Result(Outcome.DROPPED, f"{verdict.reason}; dropped", reason=verdict.reason)
     key = verdict.listing.key if verdict.listing else ""
     if box.settings.blacklist_action == "bounce":
         log.record_event(session, box.owner, box.now(), "bounced", "blacklisted", envelope.sender)
@@ -186,7 +195,7 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
         pending.lock_owner(session, box.owner, now)
         # Decided again inside the write lock: a list may have changed since the first look.
         verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
-        if verdict.action is policy.Action.BLACKLISTED:
+        if verdict.action in (policy.Action.BLACKLISTED, policy.Action.DROP):
             return _blacklisted(box, session, envelope, verdict)
         if verdict.action is policy.Action.ACCEPT:
             late_accept = verdict

@@ -35,9 +35,10 @@ ID_CHARS = ID_BYTES * 8 // 5
 TOKEN_CHARS = (ID_BYTES + MAC_BYTES) * 8 // 5
 CLOCK_SKEW = 300
 # "release" and "accept" sign the addresses an owner digest lists (one held message; all from
-# one sender), "digest" the digest's own Message-ID; "login" the owner's one-time web link.
+# one sender), "digest" the digest's own Message-ID; "login" the owner's one-time web link;
+# "reply" the Message-IDs `crtool sendmail` gives the owner's mail (replies.py).
 PURPOSES = frozenset({"confirm", "dated", "sender", "keyword", "web", "login", "release",
-                      "accept", "digest"})
+                      "accept", "digest", "reply"})
 _TOKEN_TEXT = re.compile(r"^[a-z2-7]+$")
 
 

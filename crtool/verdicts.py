@@ -52,11 +52,14 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
         authserv_id=settings.authserv_id)
     found: dict[str, Any] = {"sender": sender, "list": "", "entry": "", "source": "",
                              "note": "", "reason": ""}
-    from crtool import service
+    from crtool import known, service
+    from crtool.envelope import Envelope
 
     with transaction(box.engine, write=False) as session:
         # The very look-up and rate-limit count that delivery makes.
         listing = service._listing(box, session, sender)
+        envelope = Envelope(sender=sender, recipient=incoming.recipient)
+        incoming = known.enrich(box, session, envelope, incoming.facts, incoming, record=False)
         verdict = policy.classify(incoming, listing)
         if listing is not None:
             entry = lists.entry(session, box.owner, listing.list_name, listing.key)
@@ -70,7 +73,14 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
                 box.now())
     entry_text = f"{found['list']}list entry {found['entry']}" + (
         f" (added by {ACTORS.get(found['source'], found['source'])})" if found["source"] else "")
-    if verdict.action is policy.Action.ACCEPT:
+    unasked = {**policy.TAG_REASONS, **policy.REPLY_REASONS}
+    if verdict.action is policy.Action.ACCEPT and verdict.reason in unasked:
+        found.update(verdict="deliver", reason=verdict.reason,
+                     why=f"{verdict.reason}: {unasked[verdict.reason]}")
+    elif verdict.action is policy.Action.DROP:
+        found.update(verdict="drop", reason=verdict.reason,
+                     why=f"{verdict.reason}: {unasked[verdict.reason]}")
+    elif verdict.action is policy.Action.ACCEPT:
         found.update(verdict="deliver", why=f"whitelisted: {entry_text}")
     elif verdict.action is policy.Action.BLACKLISTED:
         found.update(verdict=settings.blacklist_action, why=f"blacklisted: {entry_text}")

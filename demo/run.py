@@ -59,7 +59,7 @@ def deliver(user_home: Path, sender: str, recipient: str, text: str) -> int:
     result = subprocess.run([CRTOOL, "deliver"], input=text.encode(), env=env,
                             cwd=user_home, capture_output=True, check=False)
     said = result.stderr.decode().strip()
-    meaning = {0: "whitelisted: qmail's next .qmail line delivers it",
+    meaning = {0: "accepted: qmail's next .qmail line delivers it",
                99: "handled by crtool", 111: "temporary failure: qmail retries"}
     print(f"  from {sender or '<>'} to {recipient}")
     print(f"  exit {result.returncode} ({meaning.get(result.returncode, '?')})"
@@ -166,13 +166,52 @@ def walk(work: Path) -> int:
     print("  the same address again changes nothing and sends nothing:")
     deliver(user_home, OWNER, release, mail(OWNER, release, "release", "\n"))
 
-    step("11. The queue, the counts and one sender's history")
+    outgoing_and_tags(user_home, home, outbox)
+
+    step("14. The queue, the counts and one sender's history")
     crtool(home, "pending", "list", "--all")
     crtool(home, "stats")
     crtool(home, "history", "bob@remote.test")
     print("\nDemo finished: whitelisted delivery, hold with challenge, confirmation, release, "
-          "digest, release by mail.")
+          "digest, release by mail, the owner's own mail and its reply, a dated address.")
     return 0
+
+
+def outgoing_and_tags(user_home: Path, home: Path, outbox: Path) -> None:
+    """The owner writes to someone new through `crtool sendmail` (as mutt runs it), and the
+    answer in that thread arrives without a challenge; a dated address lets a sign-up in."""
+    step("11. Alice writes to carol through `crtool sendmail` (mutt: set sendmail=...)")
+    text = (f"From: Alice <{OWNER}>\nTo: Carol <carol@new.test>\nCc: dave@new.test\n"
+            "Subject: The trip\n\nShall we book the train?\n")
+    argv = ["sendmail", "-oem", "-oi", "-t"]
+    print(f"$ crtool {shlex.join(argv)} < message")
+    sent_before = len(list(outbox.glob("*.eml")))
+    result = subprocess.run([CRTOOL, "--home", str(home), *argv], input=text.encode(),
+                            capture_output=True, check=False)
+    expect(result.returncode == 0, f"crtool sendmail exited {result.returncode}")
+    sent = outbox / f"{sent_before}.eml"
+    print(f"  exit 0; the real sendmail ran with: {(outbox / f'{sent_before}.args').read_text()}")
+    print("  " + "\n  ".join(sent.read_text().splitlines()[:3]))
+    message_id = email.message_from_bytes(sent.read_bytes())["Message-ID"]
+    expect(message_id.endswith(".crtool@example.test>"), "no signed Message-ID was given")
+    crtool(home, "whitelist", "list")
+
+    step("12. Dave answers from his other address (nobody alice wrote to): no challenge")
+    before = len(list(outbox.glob("*.eml")))
+    answer = mail("dave.home@else.test", OWNER, "Re: The trip", "Yes, the 9:14.\n")
+    answer = answer.replace("\n\n", f"\nIn-Reply-To: {message_id}\n\n", 1)
+    code = deliver(user_home, "dave.home@else.test", OWNER, answer)
+    expect(code == 0 and len(list(outbox.glob("*.eml"))) == before,
+           "the reply was not let through without a challenge")
+    crtool(home, "whitelist", "check", "dave.home@else.test")
+
+    step("13. A dated address for a sign-up: its automated mail passes until it expires")
+    dated = crtool(home, "address", "dated", "--valid", "7d").strip()
+    signup = mail("noreply@shop.test", dated, "Confirm your account", "Click here.\n")
+    signup = signup.replace("\n\n", "\nAuto-Submitted: auto-generated\n\n", 1)
+    code = deliver(user_home, "noreply@shop.test", dated, signup)
+    expect(code == 0, "the dated address did not let the sign-up through")
+    crtool(home, "address", "check", dated)
 
 
 if __name__ == "__main__":

@@ -191,3 +191,45 @@ class Login(Base):
     used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (Index("ix_logins_created", "created_at"),)
+
+
+class SentMessage(Base):
+    """A Message-ID the owner's mail carried out through `crtool sendmail`: a reply naming it
+    (In-Reply-To, References) within `reply_window` is delivered. Message-IDs crtool minted
+    verify by their signature alone; the row serves those the owner's mail program set."""
+
+    __tablename__ = "sent_messages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    message_id: Mapped[str] = mapped_column(String(255))
+    sent_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        # A reply's look-up: `owner = ? AND message_id IN (...)`, equality probes only.
+        Index("ix_sent_messages_lookup", "owner", "message_id", unique=True),
+        Index("ix_sent_messages_sent", "sent_at"),
+    )
+
+
+class TaggedAddress(Base):
+    """A tagged address the owner asked for (`crtool address dated|sender|keyword`): the
+    token verifies without it; the row says for whom a sender address was made (`address
+    check`) and whether a keyword was revoked (`revoked_at`)."""
+
+    __tablename__ = "tagged_addresses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    kind: Mapped[str] = mapped_column(String(12))  # dated | sender | keyword
+    # The sender address or domain (sender), the word (keyword), "" (dated).
+    value: Mapped[str] = mapped_column(String(ADDRESS))
+    token: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (
+        Index("ix_tagged_addresses_value", "owner", "kind", "value", unique=True),
+        Index("ix_tagged_addresses_token", "owner", "token"),
+    )

@@ -21,7 +21,8 @@ def expected_tables() -> list[str]:
     held += list(policy.RATE_LIMIT_RULES)
     return [table(held), table(list(policy.DROP_REASONS.items())),
             table(list(policy.WHITELIST_HOLD_REASONS.items())),
-            table(list(policy.UNSENT_REASONS.items()))]
+            table(list(policy.UNSENT_REASONS.items())),
+            table(list(policy.REPLY_REASONS.items())), table(list(policy.TAG_REASONS.items()))]
 
 
 def test_the_document_shows_every_reason_as_the_code_has_it() -> None:
@@ -41,3 +42,5 @@ def test_no_reason_is_both_a_hold_and_a_drop() -> None:
     assert not held & set(policy.DROP_REASONS)
     assert not set(policy.SUPPRESSION_REASONS) & set(policy.WHITELIST_HOLD_REASONS)
     assert not set(policy.UNSENT_REASONS) & (held | set(policy.DROP_REASONS))
+    unasked = set(policy.REPLY_REASONS) | set(policy.TAG_REASONS)
+    assert not unasked & (held | set(policy.DROP_REASONS) | set(policy.UNSENT_REASONS))
