@@ -99,6 +99,9 @@ class Settings:
     subaddress_separators: str = "+"
     name: str = ""  # the owner's name, shown in the challenge's From (else the address)
     challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
+    # A delivery that found no server starts `crtool serve`, which exits after this long
+    # without a delivery (autostart.py); 0 never starts one.
+    serve_idle: int = 600
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= 0:
@@ -126,7 +129,7 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
-              "database_timeout", "digest_every"}
+              "database_timeout", "digest_every", "serve_idle"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
              "challenge_excerpt_lines", "web_rate_limit", "web_trusted_proxies"}
 # A challenge quotes a short excerpt at most, never the message.
@@ -320,4 +323,7 @@ challenge_excerpt_lines = {settings.challenge_excerpt_lines}
 # `crtool serve` mails one ("0" never; `crtool digest` from cron works as well).
 digest_to = {q(settings.digest_to)}
 digest_every = "{format_duration(settings.digest_every)}"
+# After a delivery that found no `crtool serve` running, start one, which exits after this long
+# without mail ("0": never start one; deliveries then work alone, more slowly).
+serve_idle = "{format_duration(settings.serve_idle)}"
 """
