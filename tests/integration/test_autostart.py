@@ -47,11 +47,18 @@ def _tally(box: Mailbox) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0
+    except OSError:
+        return True
+
+
 def _stop(box: Mailbox) -> None:
     pid = _server(box)
-    if pid:
+    if pid and pid > 0:
         os.kill(pid, signal.SIGTERM)
-        _wait_for(lambda: _server(box) is None, "the server to stop")
+        _wait_for(lambda: _gone(pid), "the server to exit")
 
 
 def test_a_delivery_starts_a_detached_server_qmail_never_waits_for(mailbox: Mailbox) -> None:
@@ -181,3 +188,39 @@ def test_a_second_server_for_the_same_home_refuses_to_start(mailbox: Mailbox,
         assert second.stderr.startswith(b"crtool: error: another server is listening on ")
     finally:
         _stop(mailbox)
+
+
+def _servers_for(box: Mailbox) -> list[int]:
+    """Every process running `crtool … serve` for this home."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in argv and str(box.home).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_deliveries_at_once_leave_one_server(mailbox: Mailbox) -> None:
+    # Eight deliveries that all find no server may start more than one; every one but the
+    # lock's holder gives up at once, and they all deliver.
+    from concurrent.futures import ThreadPoolExecutor
+
+    _serve_idle(mailbox, "10m")
+    mailbox.ok("whitelist", "add", FRIEND)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: mailbox.deliver(message(FRIEND), FRIEND).returncode,
+                                  range(8)))
+        assert codes == [0] * 8
+        _wait_for(lambda: _listening(mailbox), "the server to listen")
+        _wait_for(lambda: _servers_for(mailbox) == [_server(mailbox)], "one server alone", 30)
+    finally:
+        _stop(mailbox)
+    left = _servers_for(mailbox)
+    assert left == [], [(Path(f"/proc/{pid}/status").read_text()[:200],
+                         Path(f"/proc/{pid}/cmdline").read_bytes()) for pid in left]

@@ -4,6 +4,7 @@ from the one schema, and its answers are the full path's, on a real PostgreSQL s
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from crtool.envelope import Envelope
 from crtool.message import parse_head
 from crtool.store import lists, schema
 from crtool.store.engine import make_engine, transaction
+from tests.support import Mailbox
 
 OWNER = "alice@example.test"
 SENDERS = ("bob@example.org", "spam@Example.org", "friend@junk.test", "x@junk.test",
@@ -124,3 +126,19 @@ def test_it_imports_psycopg_and_not_sqlalchemy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
                          text=True, env=env)
     assert out.stdout.strip() == "['psycopg']"
+
+
+@needs_postgresql
+@only_postgresql
+def test_a_whitelisted_delivery_on_postgresql_never_imports_sqlalchemy(
+        mailbox: Mailbox) -> None:
+    from tests.integration.test_serve import HEAVY, STRANGER, _imports
+
+    assert mailbox.database_url.startswith("postgresql")
+    mailbox.ok("whitelist", "add", "friend@example.org")
+    imported = _imports(mailbox, "friend@example.org")
+    assert HEAVY.findall(imported) == []
+    assert re.search(r"\| +psycopg$", imported, re.MULTILINE)
+    # An unknown sender still goes the full way (SQLAlchemy) and is held.
+    assert "sqlalchemy" in HEAVY.findall(_imports(mailbox, STRANGER))
+    mailbox.outbox.drain(1)
