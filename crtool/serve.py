@@ -269,13 +269,13 @@ class Server:
         worker.start()
 
     def idle_left(self) -> float:
-        """Seconds until an idle server exits (the last delivery's end plus `idle`); a
-        large number while deliveries are under way or when it never exits."""
+        """Seconds until an idle server exits (the last delivery's end plus `idle`); an
+        hour when it never exits, and a second (look again) while deliveries are under way."""
         if self.idle is None:
             return 3600.0
         with self.workers_lock:
             if self.workers:
-                return self.idle
+                return min(self.idle, 1.0)
             return self.last_active + self.idle - time.monotonic()
 
     def retire(self) -> None:
