@@ -224,3 +224,35 @@ def test_deliveries_at_once_leave_one_server(mailbox: Mailbox) -> None:
     left = _servers_for(mailbox)
     assert left == [], [(Path(f"/proc/{pid}/status").read_text()[:200],
                          Path(f"/proc/{pid}/cmdline").read_bytes()) for pid in left]
+
+
+def test_an_idle_server_answers_who_connected_before_it_went(mailbox: Mailbox) -> None:
+    # The moment an idle server goes: its socket's name goes first, so a new client finds
+    # none (and delivers in-process), and a client already in the listen queue is answered.
+    import socket
+
+    from crtool import client, serve
+
+    mailbox.ok("whitelist", "add", FRIEND)
+    server = serve.Server(mailbox.home, idle=0.1)
+    server.bind()
+    path = mailbox.user_home / "incoming.eml"
+    path.write_bytes(message(FRIEND))
+    queued = client.connect(str(server.path))
+    assert queued is not None
+    request = client.Request(sender=FRIEND, recipient=mailbox.address,
+                             environ={b"DTLINE": b"Delivered-To: alice@example.test\n"})
+    try:
+        with open(path, "rb") as stdin, queued:
+            socket.send_fds(queued, [client.encode_request(request, 0)], [stdin.fileno()])
+            server.retire()
+            assert not server.path.exists()
+            assert client.connect(str(server.path)) is None
+            assert queued.recv(16) == client.ACK
+            code, line = client.decode_reply(queued.recv(client.MAX_PACKET))
+    finally:
+        server.drain()
+        server.unbind()
+        server.warm.close()
+    assert (code, line) == (0, "")
+    assert json.loads(mailbox.ok("stats", "--json"))["counts"]["delivered"] == 1
