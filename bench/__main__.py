@@ -262,6 +262,10 @@ def main() -> int:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {args.json}; took {results['machine']['seconds']} s; load average "
           f"{load_before[0]:.1f} before, {results['machine']['load_after'][0]:.1f} after")
+    # What one delivery process costs, before and after, on SQLite and PostgreSQL.
+    from bench import perprocess
+
+    perprocess.main(["--quick"] if args.quick else [])
     # Hub mode (crtool lmtp) beside a bare aiosmtpd LMTP sink: bench/lmtp.py.
     from bench import lmtp
 

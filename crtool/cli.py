@@ -110,12 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     deliver.add_argument("--sender", help="envelope sender (overrides $SENDER)")
     deliver.add_argument("--recipient", help="envelope recipient (overrides $RECIPIENT)")
 
-    sub.add_parser(
+    serve = sub.add_parser(
         "serve", help="the resident mode: keep crtool loaded for deliver (foreground)",
         description="Run in the foreground under a supervisor (daemontools, runit, systemd; "
         "see etc/crtool-serve.*), listening on HOME/crtool.sock (0600, the owner's uid only). "
         "While it runs, deliver hands each message to it; when it is stopped, deliver "
-        "handles messages itself. SIGTERM finishes the deliveries under way and exits 0.")
+        "handles messages itself. SIGTERM finishes the deliveries under way and exits 0. "
+        "Without a supervisor, deliver starts one itself when serve_idle is set (see README).")
+    serve.add_argument("--idle", metavar="DURATION",
+                       help="exit after this long without a delivery, e.g. 10m "
+                       "(default: run until stopped)")
 
     _add_list_commands(sub, "whitelist")
     _add_list_commands(sub, "blacklist")
@@ -333,11 +337,15 @@ def _deliver(home: str, request: Request, debug: bool) -> int:
             # Imported only now: a client whose server answered never loads the delivery code.
             from pathlib import Path
 
-            from crtool import delivery
+            from crtool import autostart, delivery
 
-            reply = delivery.status(delivery.handle(
-                Path(home), request, stream, delivery.OneShot(), fast=True,
-                on_error=_print_traceback if debug else None))
+            resources = delivery.OneShot()
+            answer = delivery.handle(Path(home), request, stream, resources, fast=True,
+                                     on_error=_print_traceback if debug else None)
+            reply = delivery.status(answer)
+            if resources.loaded is not None and answer.outcome != "tempfail":
+                # Done in-process; the deliveries after this one may be a server's clients.
+                autostart.start(home, resources.loaded.serve_idle)
     except BaseException as error:  # noqa: BLE001 - anything unexpected: the MTA retries
         from crtool import delivery
 
@@ -355,12 +363,14 @@ _DELIVER_FLAGS = ("--mta", "--sender", "--recipient")
 
 
 def _client_deliver(argv: Sequence[str] | None) -> int | None:
-    """deliver as the resident server's client, before argparse is even imported, or None.
+    """deliver before argparse is even imported (a client of the resident server, or
+    in-process), or None.
 
     Taken only for the plain forms a .qmail line or a Postfix pipe runs
-    (`[--home H] deliver [--mta M] [--sender S] [--recipient R]`) and only when
-    HOME/crtool.sock exists; anything else (--debug, --help, '=' or abbreviated options, an
-    unknown MTA, a value that starts with '-') goes through build_parser() as ever.
+    (`[--home H] deliver [--mta M] [--sender S] [--recipient R]`); anything else (--debug,
+    --help, '=' or abbreviated options, an unknown MTA, a value that starts with '-') goes
+    through build_parser() as ever. Building the parser of every command costs more than
+    the whitelisted check itself (argparse, and shutil with bz2 and lzma for its help).
     """
     words = list(sys.argv[1:] if argv is None else argv)
     home_arg = None
@@ -381,8 +391,6 @@ def _client_deliver(argv: Sequence[str] | None) -> int | None:
     from crtool.home import resolve
 
     home = resolve(home_arg, os.environ)
-    if not os.path.exists(os.path.join(home, client.SOCKET_NAME)):
-        return None
     request = client.Request.of_process(os.environb, flags.get("--mta"), flags.get("--sender"),
                                         flags.get("--recipient"))
     return _deliver(home, request, debug=False)
@@ -391,10 +399,14 @@ def _client_deliver(argv: Sequence[str] | None) -> int | None:
 def run_serve(args: argparse.Namespace) -> int:
     """`crtool serve`: a broken installation stops it at once with one line and exit 4."""
     from crtool import serve
-    from crtool.config import resolve_home
+    from crtool.config import parse_duration, resolve_home
 
     try:
-        return serve.run(resolve_home(args.home, os.environ))
+        idle = (parse_duration(args.idle) or None) if args.idle else None  # 0: never
+    except ValueError as error:
+        return _fail(args, error, f"error: --idle: {error}", EXIT_USAGE)
+    try:
+        return serve.run(resolve_home(args.home, os.environ), idle=idle)
     except TemporaryFailure as error:
         return _fail(args, error, f"error: {error}", EXIT_ENVIRONMENT)
     except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug

@@ -1,8 +1,9 @@
 """`crtool deliver` as a client of the resident server (`crtool serve`), like spamc to spamd.
 
-This module imports only the standard library, and of that only `os`, `socket`, `stat` and
-`struct` (no dataclasses, no typing: each costs as much as starting the interpreter): a client
-that paid for SQLAlchemy, or for much else, would gain little from the server. It hands the
+This module imports only the standard library, and of that only `os`, `stat`, `struct` and,
+once there is a server to talk to, `socket` (no dataclasses, no typing: each costs as much as
+starting the interpreter): a client that paid for SQLAlchemy, or for much else, would gain
+little from the server. It hands the
 server the envelope and the message's file descriptor; the server answers with the exit code and
 the stderr line, worked out by the same code (delivery.status, exits.py) as an in-process
 delivery.
@@ -27,7 +28,6 @@ ACK once it has the request, then one reply packet: the exit code (1 byte) and t
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import struct
 
@@ -35,6 +35,7 @@ from crtool.profiles import MTA_PROFILES
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import Any, BinaryIO
 
 SOCKET_NAME = "crtool.sock"
@@ -160,6 +161,7 @@ def decode_reply(data: bytes) -> tuple[int, str]:
 
 def peer_uid(connection: socket.socket) -> int:
     """The uid of the process at the other end, as the kernel vouches for it (SO_PEERCRED)."""
+    import socket
     raw = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     return int(_UCRED.unpack(raw)[1])
 
@@ -220,7 +222,9 @@ def _chain(first: BinaryIO, then: BinaryIO) -> BinaryIO:
 
 
 def connect(path: str) -> socket.socket | None:
-    """A connection to the server at `path` run by this very user, or None."""
+    """A connection to the server at `path` run by this very user, or None. (`socket` is
+    imported here: a delivery that finds no server never needs it.)"""
+    import socket
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         sock.settimeout(ACK_TIMEOUT)
@@ -239,6 +243,7 @@ def listening(path: str) -> bool:
     can (no socket file, or the kernel refuses: the server that made it is gone). It connects
     and closes without a request, which a server takes as a probe and does not log."""
     import errno
+    import socket
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -285,6 +290,8 @@ def deliver(home: str, request: Request,
 
 def _exchange(sock: socket.socket, request: Request, fd: int,
               offset: int) -> tuple[int, str] | None:
+    import socket
+
     socket.send_fds(sock, [encode_request(request, offset)], [fd])
     if sock.recv(16) != ACK:
         return None

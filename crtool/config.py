@@ -101,6 +101,9 @@ class Settings:
     challenge_excerpt_lines: int = 0  # lines of the held message's body a challenge quotes
     # How long a reply to mail the owner sent through `crtool sendmail` is delivered unasked.
     reply_window: int = 180 * 86400
+    # A delivery that found no server starts `crtool serve`, which exits after this long
+    # without a delivery (autostart.py); 0 never starts one.
+    serve_idle: int = 600
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= 0:
@@ -128,7 +131,7 @@ class Settings:
 
 
 _DURATIONS = {"confirm_ttl", "hold_ttl", "challenge_window", "sendmail_timeout",
-              "database_timeout", "digest_every", "reply_window"}
+              "database_timeout", "digest_every", "reply_window", "serve_idle"}
 _INTEGERS = {"challenge_limit", "challenge_global_limit", "max_message_size",
              "challenge_excerpt_lines", "web_rate_limit", "web_trusted_proxies"}
 # A challenge quotes a short excerpt at most, never the message.
@@ -325,4 +328,7 @@ digest_every = "{format_duration(settings.digest_every)}"
 # A reply to mail you sent through `crtool sendmail` is delivered (and its sender whitelisted)
 # for this long after you sent it.
 reply_window = "{format_duration(settings.reply_window)}"
+# After a delivery that found no `crtool serve` running, start one, which exits after this long
+# without mail ("0": never start one; deliveries then work alone, more slowly).
+serve_idle = "{format_duration(settings.serve_idle)}"
 """

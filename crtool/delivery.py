@@ -64,12 +64,16 @@ class Resources(Protocol):
 
 
 class OneShot:
-    """Resources made fresh for one delivery and dropped with the process."""
+    """Resources made fresh for one delivery and dropped with the process; `loaded` keeps
+    the settings read, for what the process does after the delivery (autostart.py)."""
+
+    loaded: Settings | None = None
 
     def settings(self, home: Path) -> Settings:
         from crtool.config import load_settings
 
-        return load_settings(home)
+        self.loaded = load_settings(home)
+        return self.loaded
 
     def mailbox(self, settings: Settings) -> Mailbox:
         from crtool import service

@@ -7,7 +7,6 @@ stdin. Everything here is attacker-controlled text, so values are decoded defens
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -176,6 +175,8 @@ class Fingerprint:
     whole in memory to be identified."""
 
     def __init__(self, owner: str, envelope: Envelope) -> None:
+        import hashlib  # only a hold needs it, not the whitelisted check
+
         self._hash = hashlib.sha256()
         for part in (owner, envelope.sender, envelope.recipient):
             encoded = part.encode("utf-8", "surrogateescape")

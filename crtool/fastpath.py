@@ -114,11 +114,15 @@ def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | N
     who passes them on to the full path when this says None."""
     if not envelope.sender:
         return None
-    path = sqlite_file(settings.database_url)
-    if path is None:
-        return None
     keys = addresses.lookup_keys(envelope.sender, settings.subaddress_separators)
-    rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
+    path = sqlite_file(settings.database_url)
+    if path is not None:
+        rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
+    else:  # PostgreSQL through psycopg alone (pgread.py); None for anything else
+        from crtool import pgread
+
+        rows = pgread.lookup(settings.database_url, settings.owner, keys,
+                             float(settings.database_timeout))
     if rows is None:
         return None
     verdict = policy.classify(incoming(settings, envelope, facts),

@@ -15,6 +15,12 @@ killing the server at any moment loses nothing.
 
 Expired held mail is purged at start and then hourly, in a thread of its own beside the
 deliveries; the clock that schedules it (and dates the deliveries) is passed in.
+
+With `idle` (`serve --idle`, what autostart.py starts) the server exits once that long has
+passed without a delivery: it takes the socket's name away first, so that no new client finds
+it, serves whatever had connected before that, and exits. A server that may go away at any
+idle moment is not the place for scheduled work, so it mails no digest (cron or a supervised
+server does). Every server holds HOME/serve.lock while it runs, so only one runs per HOME.
 """
 
 from __future__ import annotations
@@ -181,8 +187,11 @@ def _log(line: str) -> None:
 class Server:
     """The listening socket and its worker threads."""
 
-    def __init__(self, home: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, home: Path, clock: Callable[[], float] = time.time,
+                 idle: float | None = None) -> None:
         self.home = home
+        self.idle = idle
+        self.last_active = time.monotonic()
         self.path = home / client.SOCKET_NAME
         self.clock = clock
         self.warm = Warm(home, clock)
@@ -216,13 +225,17 @@ class Server:
         self.inode = self.path.stat().st_ino
         self.listener = listener
 
-    def unbind(self) -> None:
-        """Remove the socket if it is still ours (a newer server may have replaced it)."""
+    def unbind_path(self) -> None:
+        """Remove the socket file if it is still ours (a newer server may have replaced it)."""
         try:
             if self.inode is not None and self.path.stat().st_ino == self.inode:
                 self.path.unlink()
         except OSError:
             pass
+
+    def unbind(self) -> None:
+        """Remove the socket if it is still ours, and stop listening."""
+        self.unbind_path()
         if self.listener is not None:
             self.listener.close()
 
@@ -231,9 +244,13 @@ class Server:
         if self.listener is None:
             raise RuntimeError("serve_forever before bind")
         while True:
-            timeout = min(max(0.0, self.next_purge - self.clock()), self.chore_interval())
+            timeout = max(0.0, min(self.next_purge - self.clock(), self.chore_interval(),
+                                   self.idle_left()))
             readable, _, _ = select.select([self.listener, wakeup], [], [], timeout)
             if wakeup in readable:
+                return
+            if self.listener not in readable and self.idle_left() <= 0:
+                self.retire()
                 return
             # Checked on every wake-up, before the connection that caused it is served.
             self.purge_if_due()
@@ -241,11 +258,40 @@ class Server:
             if self.listener not in readable:
                 continue
             connection, _ = self.listener.accept()
-            self.slots.acquire()
-            worker = threading.Thread(target=self._run, args=(connection,), daemon=False)
-            with self.workers_lock:
-                self.workers.add(worker)
-            worker.start()
+            self._start_worker(connection)
+
+    def _start_worker(self, connection: socket.socket) -> None:
+        self.slots.acquire()
+        worker = threading.Thread(target=self._run, args=(connection,), daemon=False)
+        with self.workers_lock:
+            self.workers.add(worker)
+            self.last_active = time.monotonic()
+        worker.start()
+
+    def idle_left(self) -> float:
+        """Seconds until an idle server exits (the last delivery's end plus `idle`); an
+        hour when it never exits, and a second (look again) while deliveries are under way."""
+        if self.idle is None:
+            return 3600.0
+        with self.workers_lock:
+            if self.workers:
+                return min(self.idle, 1.0)
+            return self.last_active + self.idle - time.monotonic()
+
+    def retire(self) -> None:
+        """Idle: unlink the socket, so that no new client finds it (they deliver
+        in-process), then serve the connections that came before that."""
+        self.unbind_path()
+        if self.listener is None:
+            return
+        self.listener.setblocking(False)
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            connection.setblocking(True)
+            self._start_worker(connection)
 
     def drain(self) -> None:
         """Wait for the deliveries under way; their clients are waiting for the answers."""
@@ -296,7 +342,10 @@ class Server:
     def chores(self) -> None:
         """At most once a CHORE_INTERVAL, and never two at once: the scheduled work (the
         digest, when `digest_every` has passed since the last one), in a thread of its own
-        so that deliveries are never kept waiting for it."""
+        so that deliveries are never kept waiting for it. None in a server that exits when
+        idle (see the module docstring)."""
+        if self.idle is not None:
+            return
         now = time.monotonic()
         if now < self.next_chores or (self.chore is not None and self.chore.is_alive()):
             return
@@ -326,6 +375,7 @@ class Server:
         finally:
             with self.workers_lock:
                 self.workers.discard(threading.current_thread())
+                self.last_active = time.monotonic()
             self.slots.release()
 
     def _serve(self, connection: socket.socket) -> None:
@@ -370,14 +420,27 @@ class Server:
             _log("the client went away before the answer")
 
 
-def run(home: Path) -> int:
-    """`crtool serve`: until SIGTERM or SIGINT. Raises TemporaryFailure when the installation
-    is broken (no config, no database, no keys) or another server holds the socket.
+def run(home: Path, idle: float | None = None) -> int:
+    """`crtool serve`: until SIGTERM or SIGINT, or `idle` seconds without a delivery. Raises
+    TemporaryFailure when the installation is broken (no config, no database, no keys) or
+    another server runs for HOME.
 
     The signals only wake the accept loop (signal.set_wakeup_fd), so that no exception is
     ever raised into the middle of a delivery or a lock.
     """
-    server = Server(home)
+    from crtool import autostart
+
+    server = Server(home, idle=idle)
+    try:
+        lock = autostart.take_lock(str(home))
+    except OSError as error:
+        raise TemporaryFailure(f"cannot lock {home / autostart.LOCK_NAME}: "
+                               f"{error.strerror}") from None
+    if lock is None:
+        if server.path.exists() and client.listening(str(server.path)):
+            raise TemporaryFailure(f"another server is listening on {server.path}")
+        raise TemporaryFailure(f"another server is starting for {home} "
+                               f"(pid {autostart.running(str(home))})")
     server.warm.warm_up()
     server.bind()
     received: list[str] = []
@@ -391,7 +454,8 @@ def run(home: Path) -> int:
     try:
         server.chores()
         server.serve_forever(reader)
-        _log(f"{', '.join(received) or 'signal'}: finishing the deliveries under way")
+        why = ", ".join(received) or ("idle" if server.idle is not None else "signal")
+        _log(f"{why}: finishing the deliveries under way")
     finally:
         server.unbind()
         server.drain()
@@ -399,5 +463,6 @@ def run(home: Path) -> int:
         signal.set_wakeup_fd(-1)
         reader.close()
         writer.close()
+        os.close(lock)
     _log("stopped")
     return 0

@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -86,7 +87,18 @@ def main() -> int:
     try:
         return walk(work)
     finally:
+        stop_server(work / "alice" / ".crtool")
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_server(home: Path) -> None:
+    """The deliveries started `crtool serve` on demand (serve_idle); it would wait ten minutes
+    for more mail in a home about to be removed, so it is stopped here."""
+    from crtool import autostart
+
+    pid = autostart.running(str(home))
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
 
 
 def walk(work: Path) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Mailbox
+from tests.support import Mailbox, stop_autostarted
 
 PG_URL = os.environ.get("CRTOOL_TEST_DATABASE_URL", "")
 REQUIRE_E2E = os.environ.get("CRTOOL_REQUIRE_E2E") == "1"
@@ -33,6 +33,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped under CRTOOL_REQUIRE_E2E=1: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _no_server_left_behind(tmp_path: Path) -> Iterator[None]:
+    """A `crtool serve` a delivery started for a home of this test does not outlive it (test
+    homes set serve_idle = 0; this catches one that did not)."""
+    yield
+    stop_autostarted(tmp_path)
 
 
 def _pg_schema_url(schema: str) -> str:

@@ -20,6 +20,33 @@ CAPTURE_SENDMAIL = REPO / "tests" / "bin" / "capture-sendmail"
 QMAIL_PATH = "/var/qmail/bin:/usr/local/bin:/usr/bin:/bin"
 
 
+def no_autostart(home: Path) -> None:
+    """serve_idle = 0 in HOME's config.toml: a test's deliveries run in-process and leave no
+    `crtool serve` behind, unless the test is about the server started on demand."""
+    path = home / "config.toml"
+    text = re.sub(r'(?m)^serve_idle = .*$', 'serve_idle = "0s"', path.read_text())
+    if not re.search(r"(?m)^serve_idle = ", text):
+        text = 'serve_idle = "0s"\n' + text
+    path.write_text(text)
+
+
+def stop_autostarted(root: Path) -> list[int]:
+    """SIGKILL every server started on demand for a HOME under `root` (its pid is in
+    HOME/serve.lock while it holds the lock); the pids killed."""
+    from crtool import autostart
+
+    killed = []
+    for lock in root.rglob(autostart.LOCK_NAME):
+        pid = autostart.running(str(lock.parent))
+        if pid is not None and pid > 0:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                continue
+            killed.append(pid)
+    return killed
+
+
 def crtool_executable() -> str:
     """The crtool console script of the environment running the tests, by absolute path,
     as a .qmail line names it."""
@@ -153,6 +180,7 @@ class Mailbox:
         self.ok("init", "--address", self.address, "--maildir", str(self.maildir),
                 "--sendmail", str(CAPTURE_SENDMAIL), "--database-url", self.database_url,
                 *extra)
+        no_autostart(self.home)
 
     def deliver(self, message: bytes, sender: str, recipient: str | None = None,
                 extra_env: dict[str, str] | None = None,

@@ -163,10 +163,25 @@ def reset() -> None:
             path.unlink(missing_ok=True)
     alice.crtool("init", "--address", ALICE, "--maildir", str(alice.maildir),
                  "--sendmail", SENDMAIL, "--mta", "postfix")
+    set_serve_idle("0s")  # each delivery alone; the test of the server on demand turns it on
     forward = alice.home / ".forward"
     forward.write_text(recipe("postfix/forward"))
     shutil.chown(forward, "alice", "alice")
     forward.chmod(0o644)
+
+
+def set_serve_idle(value: str) -> None:
+    """Alice's serve_idle: "0s" starts no server; the file stays hers."""
+    path = alice.home / ".crtool" / "config.toml"
+    path.write_text(re.sub(r"(?m)^serve_idle = .*$", f'serve_idle = "{value}"',
+                           path.read_text()))
+
+
+def alices_server() -> int | None:
+    """The pid of the `crtool serve` running for alice (autostart's lock), or None."""
+    from crtool import autostart
+
+    return autostart.running(str(alice.home / ".crtool"))
 
 
 @contextlib.contextmanager

@@ -163,6 +163,71 @@ def test_missing_database_defers_and_a_flush_delivers_once_it_is_back(
 
 
 
+def test_the_server_a_delivery_starts_never_keeps_postfix_waiting_and_dies_harmlessly(
+        exclusive: None) -> None:
+    # With serve_idle on, the first delivery starts `crtool serve` as alice. local(8) reads
+    # the command's output until it is closed and signals its process group on a timeout:
+    # Postfix logs the delivery as sent while that server still runs, so it waited for none
+    # of it. Then the server is killed at random moments between and during deliveries, and
+    # every message still arrives or is held exactly once.
+    import os
+    import random
+    import signal
+    import time
+
+    word = host.marker()
+    friend = f"carol-{word}@remote.test"
+    alice.crtool("whitelist", "add", friend)
+    host.set_serve_idle("10m")
+    log = host.MailLog()
+    try:
+        bob.send(friend, ALICE, host.mail(friend, ALICE, f"First {word}", f"f-{word}@remote.test"))
+        queue_id = host.wait_for("the message id in the mail log",
+                                 lambda: log.queue_id(f"f-{word}@remote.test"))
+        [sent] = host.wait_for("the delivery logged as sent", lambda: [
+            line for line in log.lines(queue_id) if "status=sent (delivered to command" in line])
+        server = host.wait_for("alice's server", host.alices_server)
+        assert os.getsid(server) == server
+        assert alice.messages(f"f-{word}")
+        delay = float(re.search(r" delay=([0-9.]+),", sent).group(1))  # type: ignore[union-attr]
+        assert delay < 20, sent
+
+        chance = random.Random(15)  # noqa: S311 - test timing, not a secret
+        subjects = []
+        for i in range(8):
+            pid = host.alices_server()
+            if pid and pid > 0 and chance.random() < 0.6:
+                time.sleep(chance.uniform(0, 0.2))
+                os.kill(pid, signal.SIGKILL)
+            if i % 2:
+                sender = f"stranger{i}-{word}@remote.test"
+                subjects.append(f"Held {i} {word}")
+                bob.send(sender, ALICE, host.mail(sender, ALICE, subjects[-1],
+                                                  f"h{i}-{word}@remote.test"))
+            else:
+                bob.send(friend, ALICE, host.mail(friend, ALICE, f"Passed {i} {word}",
+                                                  f"p{i}-{word}@remote.test"))
+        for i in range(0, 8, 2):
+            host.wait_for(f"message {i} in alice's Maildir",
+                          lambda i=i: alice.messages(f"p{i}-{word}"))  # type: ignore[misc]
+        host.wait_for("the held messages", lambda: len(
+            [item for item in alice.held() if word in str(item["subject"])]) == len(subjects))
+        host.wait_for("an empty queue", lambda: not log.queued() or None)
+        assert sorted(str(item["subject"]) for item in alice.held()
+                      if word in str(item["subject"])) == sorted(subjects)
+        for i in range(0, 8, 2):
+            assert len(alice.messages(f"p{i}-{word}")) == 1
+        # (The challenges to the made-up strangers bounce; nothing to alice does.)
+        assert not any("status=bounced" in line or "status=deferred" in line
+                       for line in log.text().splitlines() if f"to=<{ALICE}>" in line)
+    finally:
+        host.set_serve_idle("0s")
+        pid = host.alices_server()
+        if pid and pid > 0:
+            os.kill(pid, signal.SIGTERM)
+            host.wait_for("alice's server to stop", lambda: host.alices_server() is None)
+
+
 def test_cron_line_purges_in_crons_environment(shared: None) -> None:
     # etc/crontab as cron runs it: /bin/sh, PATH=/usr/bin:/bin, HOME set, in $HOME. It must
     # find alice's crtool HOME by itself, print nothing on success and keep what is not old.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from tests.support import Mailbox, crtool_executable, qmail_env
+from tests.support import Mailbox, crtool_executable, no_autostart, qmail_env
 
 HERE = Path(__file__).resolve().parent
 CRASHPOINT = HERE / "crashpoint.py"
@@ -34,6 +34,7 @@ def make_home(tmp_path: Path, **settings: str | int) -> Mailbox:
                   database_url=f"sqlite:///{user_home / '.crtool' / 'crtool.db'}")
     box.ok("init", "--address", box.address, "--maildir", str(box.maildir),
            "--sendmail", str(SENDMAIL), "--install")
+    no_autostart(box.home)
     if settings:
         set_config(box, **settings)
     return box

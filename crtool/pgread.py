@@ -1,0 +1,70 @@
+"""The whitelisted check on PostgreSQL through psycopg alone: the fast read path's second driver.
+
+fastpath.py asks SQLite through the standard library so that a whitelisted delivery never
+imports SQLAlchemy (170 ms of a 300 ms process here). On PostgreSQL the same look-up goes
+through psycopg, the driver SQLAlchemy itself would use, with the text SQLAlchemy compiles from
+`store.lists.match_statement` for the psycopg dialect, kept here as a constant
+(tests/unit/test_pgread.py proves it is still what SQLAlchemy compiles, and that its answers
+are the full path's), so the schema keeps one source of truth. It only reads, in autocommit:
+one SELECT, no transaction to hold.
+
+The URL is the configured SQLAlchemy one, `postgresql+psycopg://…`: SQLAlchemy hands its host,
+port, user, password, database and query parameters to psycopg.connect as they are, and a
+libpq URI spells them the same way, so only the scheme changes. Any other URL, or any error on
+the way (the server unreachable, a query option libpq does not know), means None: the full
+path decides, from scratch, as it always did.
+"""
+
+from __future__ import annotations
+
+# str(lists.match_statement(owner, keys).compile(dialect=postgresql.psycopg.dialect())),
+# with the expanding IN parameter as SQLAlchemy leaves it before the number of keys is known.
+MATCH_SQL = (
+    "SELECT address_entries.list_name, address_entries.key \n"
+    "FROM address_entries \n"
+    "WHERE address_entries.owner = %(owner_1)s::VARCHAR "
+    "AND address_entries.key IN (__[POSTCOMPILE_key_1])"
+)
+_IN_PLACEHOLDER = "__[POSTCOMPILE_key_1]"
+_PREFIX = "postgresql+psycopg://"
+
+
+def match_sql(count: int) -> str:
+    """MATCH_SQL for `count` keys, as SQLAlchemy renders it (render_postcompile)."""
+    return MATCH_SQL.replace(_IN_PLACEHOLDER, ", ".join(
+        f"%(key_1_{number})s::VARCHAR" for number in range(1, count + 1)))
+
+
+def match_params(owner: str, keys: list[str]) -> dict[str, str]:
+    """The parameters of match_sql(len(keys)), named as SQLAlchemy names them."""
+    params = {"owner_1": owner}
+    params.update((f"key_1_{number}", key) for number, key in enumerate(keys, 1))
+    return params
+
+
+def conninfo(url: str) -> str | None:
+    """The libpq URI of a SQLAlchemy psycopg URL, or None for any other URL."""
+    if not url.startswith(_PREFIX):
+        return None
+    return "postgresql://" + url[len(_PREFIX):]
+
+
+def lookup(url: str, owner: str, keys: list[str],
+           timeout: float = 30.0) -> list[tuple[str, str]] | None:
+    """Every (list, key) among a sender's look-up keys; None when this is not a psycopg URL or
+    the database cannot be read, so that the full path decides."""
+    info = conninfo(url)
+    if info is None:
+        return None
+    if not keys:
+        return []
+    try:
+        import psycopg
+
+        with psycopg.connect(info, autocommit=True, prepare_threshold=None,
+                             connect_timeout=max(1, int(timeout))) as connection:
+            rows = connection.execute(match_sql(len(keys)),  # type: ignore[call-overload]
+                                      match_params(owner, keys)).fetchall()
+    except Exception:  # noqa: BLE001 - psycopg's errors, a bad URI: the full path decides
+        return None
+    return [(str(row[0]), str(row[1])) for row in rows]
