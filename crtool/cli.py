@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
         "crtool first, and that no stale crtool.sock is left. Prints one line per problem; "
         "exit 0 when there is none, 4 when there is any.")
     doctor.add_argument("--json", action="store_true", help="the problems as a JSON array")
+    from crtool import fewer
+
+    fewer.add_parsers(sub, _owner_option)
     _add_system_commands(sub)
     return parser
 

@@ -41,6 +41,10 @@ class Incoming:
     authserv_id: str = ""
     # A digest this crtool mailed to its owner, come back (its signed Message-ID verified).
     own_digest: bool = False
+    # The owner's own spam filter marked it (setting `spam_header`, crtool/upstream.py).
+    spam_flagged: bool = False
+    # An open `crtool expect` window covers its domain (crtool/expect.py).
+    expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +296,9 @@ class Rule:
 # for the hold, shown by `pending list` and counted by `stats`. docs/reasons.md is this table
 # (tests/unit/test_policy_reasons.py keeps the two equal).
 SUPPRESSION_RULES: tuple[Rule, ...] = (
+    Rule("spam_flagged", lambda m: m.spam_flagged,
+         "the owner's own spam filter marked the message (setting `spam_header`, e.g. "
+         "`X-Spam-Flag: YES`, above the owner's MTA's Received line)"),
     Rule("null_sender", lambda m: m.sender == "",
          "the envelope sender is empty: a bounce (RFC 5321 §4.5.5)"),
     Rule("double_bounce", lambda m: m.sender == "#@[]",
@@ -406,6 +413,8 @@ def classify(message: Incoming, listing: Listing | None) -> Verdict:
         if whitelisted_but_forged(message, listing):
             return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
         return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+    if message.expected:
+        return Verdict(Action.ACCEPT, reason="expected")
     if message.own_digest:
         # Null sender and Auto-Submitted, so any rule below would hold it: the owner would
         # never see the digest that tells him what is held.

@@ -56,7 +56,7 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
 
     with transaction(box.engine, write=False) as session:
         # The very look-up and rate-limit count that delivery makes.
-        listing = service._listing(box, session, sender)
+        listing = service._listing(box, session, incoming)
         verdict = policy.classify(incoming, listing)
         if listing is not None:
             entry = lists.entry(session, box.owner, listing.list_name, listing.key)
