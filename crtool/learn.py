@@ -53,7 +53,8 @@ class Counts:
 
     @property
     def read(self) -> int:
-        return self.messages + self.cards + self.lines
+        """Sources read, in full or in part: 0 means nothing could be read at all."""
+        return self.sources
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,12 @@ def harvest(settings: Settings, facts: Facts, options: Options) -> Iterator[
 def _entries(settings: Settings, paths: Iterable[Path], options: Options, counts: Counts,
              say: Callable[[str], None]) -> Iterator[tuple[str, addresses.Pattern]]:
     for path in paths:
+        got = False
         try:
-            items = sources.items(path)
-            counts.sources += 1
-            for item in items:
+            for item in sources.items(path):
+                if not got:
+                    got = True
+                    counts.sources += 1
                 if isinstance(item, sources.Skip):
                     counts.skipped[item.reason] += 1
                     say(f"skipped: {item.where}: {item.reason}")
@@ -149,6 +152,8 @@ def _entries(settings: Settings, paths: Iterable[Path], options: Options, counts
                 else:
                     counts.lines += 1
                     yield item.list_name, item.pattern
+            if not got:
+                counts.sources += 1  # read, and empty
         except (UsageError, OSError) as error:
             reason = str(error) if isinstance(error, UsageError) else \
                 f"{path}: cannot be read: {error.strerror}"
