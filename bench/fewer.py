@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "miss": ("nobody@crowded.example", b"Subject: s\n"),
             "wildcard": ("team999-x@crowded.example", b"Subject: s\n")})
         results["lookup"] = table
+        print(f"one domain with 1000 wildcard entries: {table['crowded_domain_1000_wildcards']}")
         print("query plan:", *results["query_plan"], sep="\n  ")  # type: ignore[misc]
         print("learn ...", flush=True)
         results["learn"] = learn(root, mbox_size)
