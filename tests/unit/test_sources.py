@@ -63,9 +63,9 @@ def test_a_maildir_gives_its_messages(tmp_path: Path) -> None:
 
 def test_vcards_give_their_addresses_and_say_which_have_none(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.vcf", (
-        "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Bob\r\nEMAIL;TYPE=INTERNET:bob@x.test\r\n"
-        "item1.EMAIL;type=pref:bob@work.te\r\n st\r\nEND:VCARD\r\n"
-        "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:No Mail\r\nTEL:123\r\nEND:VCARD\r\n").encode())
+        b"BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Bob\r\nEMAIL;TYPE=INTERNET:bob@x.test\r\n"
+        b"item1.EMAIL;type=pref:bob@work.te\r\n st\r\nEND:VCARD\r\n"
+        b"BEGIN:VCARD\r\nVERSION:4.0\r\nFN:No Mail\r\nTEL:123\r\nEND:VCARD\r\n"))
     assert sources.kind_of(path) == sources.VCARD
     found = list(sources.items(path))
     assert isinstance(found[0], sources.Card)
