@@ -213,3 +213,19 @@ def test_the_lean_modules_import_nothing_heavy() -> None:
             "('sqlalchemy', 'jinja2', 'itsdangerous', 'alembic')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_kind_of_entry_is_found_through_an_index(settings: Settings) -> None:
+    # The look-up of every kind, wildcards included, is two index searches, never a scan:
+    # what keeps its cost flat from ten entries to a million (bench/fewer.py measures it).
+    import sqlite3
+
+    connection = sqlite3.connect(settings.database_url[10:])
+    plan = [row[-1] for row in connection.execute(
+        "EXPLAIN QUERY PLAN " + fastpath.entry_sql(3, 2),
+        [OWNER, "a@b.test", "@b.test", "list:x", OWNER, "@b.test", "from:@c.test"])]
+    connection.close()
+    searches = [step for step in plan if step.startswith(("SEARCH", "SCAN"))]
+    assert len(searches) == 2, plan
+    assert all(step.startswith("SEARCH") and "INDEX" in step for step in searches), plan
+    assert any("ix_address_entries_probe" in step for step in searches), plan
