@@ -143,6 +143,83 @@ def lookups(db: Path, repeat: int, rounds: int, cases: dict[str, tuple[str, byte
     return out
 
 
+def pg_lookups(url: str, sizes: list[int], repeat: int, rounds: int) -> dict[str, object]:
+    """The same look-ups on PostgreSQL (`--postgresql URL`), in a schema of their own dropped
+    after: wall-clock microseconds (the work is in the server), one table grown 10 -> 100k ->
+    1M with COPY, ANALYZEd at each size; and the plan PostgreSQL chose at the largest."""
+    import secrets
+
+    from sqlalchemy import create_engine, make_url, text
+
+    from crtool import policy
+    from crtool.message import parse_head
+    from crtool.store import lists, schema
+    from crtool.store.engine import make_engine, transaction
+
+    name = "bench_" + secrets.token_hex(4)
+    admin = create_engine(url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {name}"))
+    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={name}"})
+    engine = make_engine(scoped.render_as_string(hide_password=False))
+    out: dict[str, object] = {}
+    try:
+        schema.upgrade(engine)
+        columns = "owner, list_name, key, kind, note, created_at, source, probe"
+        samples = [("friend@example.org", "exact", None), ("@friends.example.com", "domain",
+                    None), ("glob:news-*@wild.example.org", "wildcard", "@wild.example.org"),
+                   ("list:announce.lists.example.org", "list", None),
+                   ("from:poster@forum.example.com", "from", None)]
+        written = 0
+        for count in sizes:
+            raw = engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                with cursor.copy(f"COPY address_entries ({columns}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+                    if written == 0:
+                        for key, kind, probe in samples:
+                            copy.write_row((OWNER, "white", key, kind, "", 0, "owner", probe))
+                    for i in range(written, count):
+                        list_name, key, kind, probe = _row(i)
+                        copy.write_row((OWNER, list_name, key, kind, "", 0, "owner", probe))
+                raw.commit()
+            finally:
+                raw.close()
+            written = count
+            with engine.begin() as connection:
+                connection.execute(text("ANALYZE address_entries"))
+            figures: dict[str, float] = {}
+            for case, (sender, head) in _cases().items():
+                message = policy.Incoming(sender=sender, sender_valid=True, recipient=OWNER,
+                                          facts=parse_head(head), owner_address=OWNER)
+                with transaction(engine, write=False) as session:
+                    found = lists.listing_for(session, OWNER, message)
+                    assert (found is not None) == (case != "miss"), (case, found)
+                    samples_us = []
+                    for _ in range(rounds):
+                        start = time.perf_counter()
+                        for _ in range(repeat):
+                            lists.listing_for(session, OWNER, message)
+                        samples_us.append((time.perf_counter() - start) / repeat * 1e6)
+                figures[case] = round(statistics.median(samples_us), 1)
+            out[str(count)] = figures
+            print(f"PostgreSQL {count:>9} entries, wall µs: {figures}", flush=True)
+        with engine.connect() as connection:
+            statement = lists.entry_statement(OWNER, ["nobody@wild.example.org",
+                                                      "@wild.example.org"],
+                                              ["@wild.example.org"])
+            compiled = statement.compile(engine, compile_kwargs={"literal_binds": True})
+            out["query_plan"] = [row[0] for row in connection.execute(
+                text("EXPLAIN " + str(compiled)))]
+        print("PostgreSQL plan:", *out["query_plan"], sep="\n  ")  # type: ignore[misc]
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        admin.dispose()
+    return out
+
+
 def _settings(db: Path) -> Settings:
     return Settings(home=db.parent, address=OWNER, maildir=db.parent / "Maildir",
                     database_url=f"sqlite:///{db}")
@@ -207,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fewer", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small and short")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--postgresql", metavar="URL", default="",
+                        help="also time the look-up on this PostgreSQL database (a schema of "
+                        "its own, dropped after), e.g. $CRTOOL_TEST_DATABASE_URL")
+    parser.add_argument("--lookup-only", action="store_true", help="skip the learn run")
     args = parser.parse_args(argv)
     sizes = [10, 2_000, 20_000] if args.quick else [10, 100_000, 1_000_000]
     repeat, rounds = (200, 3) if args.quick else (1000, 5)
@@ -233,9 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         results["lookup"] = table
         print(f"one domain with 1000 wildcard entries: {table['crowded_domain_1000_wildcards']}")
         print("query plan:", *results["query_plan"], sep="\n  ")  # type: ignore[misc]
-        print("learn ...", flush=True)
-        results["learn"] = learn(root, mbox_size)
-        print(results["learn"])
+        if args.postgresql:
+            results["lookup_postgresql"] = pg_lookups(args.postgresql, sizes, repeat // 5,
+                                                      rounds)
+        if not args.lookup_only:
+            print("learn ...", flush=True)
+            results["learn"] = learn(root, mbox_size)
+            print(results["learn"])
     finally:
         import shutil
 
