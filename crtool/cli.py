@@ -40,6 +40,10 @@ examples:
   crtool pending list --new --reason list_headers
   crtool digest
   crtool history bob@example.com
+  crtool learn --sent ~/Maildir/.Sent && crtool learn --lists ~/Maildir
+  crtool whitelist add 'list:<dev.lists.example.org>' 'bob-*@example.com'
+  crtool mode observe; crtool report
+  crtool expect shop.example --for 2h
   printf 'Subject: hi\\n\\nhello\\n' | SENDER=bob@remote.test \\
       RECIPIENT=alice@example.test crtool deliver
 """
