@@ -49,13 +49,17 @@ examples:
 """
 
 
-PATTERN_HELP = "bob@example.com, @example.com (or *@example.com), *@*.example.com"
+PATTERN_HELP = ("bob@example.com, @example.com (or *@example.com), *@*.example.com, "
+                "bob-*@example.com, list:LIST-ID, from:PATTERN")
 
 
 def _add_list_commands(sub: Any, name: str) -> None:
     parser = sub.add_parser(name, help=f"manage the {name}",
                             description=f"Manage the {name}. Patterns: bob@example.com, "
-                            "@example.com (or *@example.com), *@*.example.com (subdomains).")
+                            "@example.com (or *@example.com), *@*.example.com (subdomains), "
+                            "bob-*@example.com (* and ? in the local part), list:LIST-ID (the "
+                            "List-Id header), from:PATTERN (the From: header's address; a "
+                            "whitelist from: entry never counts when DMARC failed).")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     add = verbs.add_parser("add", help="add patterns")
     add.add_argument("patterns", nargs="+", metavar="PATTERN", help=PATTERN_HELP)
