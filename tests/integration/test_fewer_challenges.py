@@ -169,6 +169,8 @@ def test_observe_mode_challenges_nobody_and_reports_who_would_be(mailbox: Mailbo
     # Whitelisted since: no longer among those a switch would challenge.
     mailbox.ok("whitelist", "add", "stranger@else.test")
     assert json.loads(mailbox.ok("report", "--json"))["would_challenge"] == []
+    check = json.loads(mailbox.ok("check", "--json", "other@else.test"))
+    assert check["verdict"] == "deliver (observe mode; enforce would hold and challenge)"
     mailbox.ok("mode", "enforce")
     assert mailbox.deliver(message("other@else.test"), "other@else.test"
                            ).returncode == QMAIL_DONE
@@ -186,6 +188,8 @@ def test_an_expect_window_lets_automated_mail_from_its_domain_through(mailbox: M
     # Through a bulk sender's envelope, by the From: domain.
     assert mailbox.deliver(reset, "0100abc@amazonses.test").returncode == QMAIL_CONTINUE
     assert mailbox.deliver(message("x@other.test"), "x@other.test").returncode == QMAIL_DONE
+    check = json.loads(mailbox.ok("check", "--json", "someone@mail.shop.test"))
+    assert (check["verdict"], check["reason"]) == ("deliver", "expected")
     mailbox.ok("expect", "shop.test", "--close")
     assert mailbox.deliver(reset, "bounce-9@mail.shop.test").returncode == QMAIL_DONE
     assert mailbox.run("expect", "shop.test", "--for", "40d").returncode == 2
