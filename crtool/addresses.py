@@ -14,6 +14,14 @@ from crtool.errors import UsageError
 EXACT = "exact"
 DOMAIN = "domain"
 SUBDOMAINS = "subdomains"
+# The richer entries (crtool.entries parses them and matches them against a message).
+LIST = "list"  # key "list:<list-id>"
+WILDCARD = "wildcard"  # key "glob:bob-*@example.com"
+FROM = "from"  # key "from:" + the key of any other address pattern
+LIST_PREFIX = "list:"
+FROM_PREFIX = "from:"
+GLOB_PREFIX = "glob:"
+RESERVED_PREFIXES = (LIST_PREFIX, FROM_PREFIX, GLOB_PREFIX)
 
 CONFIRM_WORD = "confirm"
 # The owner's own commands by mail, listed in the digest: release one held message, or accept
@@ -76,17 +84,28 @@ class Pattern:
     @property
     def text(self) -> str:
         """How the owner sees it: bob@example.com, @example.com or *@*.example.com."""
+        if self.kind == LIST:
+            return self.key
+        if self.kind == WILDCARD:
+            return self.key[len(GLOB_PREFIX):]
+        if self.kind == FROM:
+            inner = self.key[len(FROM_PREFIX):]
+            return FROM_PREFIX + Pattern(kind_of(inner), inner).text
         if self.kind == EXACT:
-            # A sender whose local part is "*" (an exact entry a confirmation may add) is
-            # shown quoted, the same mailbox in RFC 5321, so that it reads back as exact.
-            return '"*"' + self.key[1:] if self.key.startswith("*@") else self.key
+            # A sender whose local part has "*" or "?" (an exact entry a confirmation may
+            # add) is shown quoted, the same mailbox in RFC 5321, so it reads back as exact.
+            local, domain = split_address(self.key)
+            return f'"{local}"@{domain}' if "*" in local or "?" in local else self.key
         if self.kind == DOMAIN:
             return self.key
         return "*@" + self.key
 
 
 def kind_of(key: str) -> str:
-    """The kind of a stored key: the three forms cannot be mistaken for each other."""
+    """The kind of a stored key: the forms cannot be mistaken for each other."""
+    for prefix, kind in ((LIST_PREFIX, LIST), (FROM_PREFIX, FROM), (GLOB_PREFIX, WILDCARD)):
+        if key.startswith(prefix):
+            return kind
     if key.startswith("*."):
         return SUBDOMAINS
     return DOMAIN if key.startswith("@") else EXACT

@@ -40,18 +40,26 @@ examples:
   crtool pending list --new --reason list_headers
   crtool digest
   crtool history bob@example.com
+  crtool learn --sent ~/Maildir/.Sent && crtool learn --lists ~/Maildir
+  crtool whitelist add 'list:<dev.lists.example.org>' 'bob-*@example.com'
+  crtool mode observe; crtool report
+  crtool expect shop.example --for 2h
   printf 'Subject: hi\\n\\nhello\\n' | SENDER=bob@remote.test \\
       RECIPIENT=alice@example.test crtool deliver
 """
 
 
-PATTERN_HELP = "bob@example.com, @example.com (or *@example.com), *@*.example.com"
+PATTERN_HELP = ("bob@example.com, @example.com (or *@example.com), *@*.example.com, "
+                "bob-*@example.com, list:LIST-ID, from:PATTERN")
 
 
 def _add_list_commands(sub: Any, name: str) -> None:
     parser = sub.add_parser(name, help=f"manage the {name}",
                             description=f"Manage the {name}. Patterns: bob@example.com, "
-                            "@example.com (or *@example.com), *@*.example.com (subdomains).")
+                            "@example.com (or *@example.com), *@*.example.com (subdomains), "
+                            "bob-*@example.com (* and ? in the local part), list:LIST-ID (the "
+                            "List-Id header), from:PATTERN (the From: header's address; a "
+                            "whitelist from: entry never counts when DMARC failed).")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     add = verbs.add_parser("add", help="add patterns")
     add.add_argument("patterns", nargs="+", metavar="PATTERN", help=PATTERN_HELP)
@@ -245,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
         "crtool first, and that no stale crtool.sock is left. Prints one line per problem; "
         "exit 0 when there is none, 4 when there is any.")
     doctor.add_argument("--json", action="store_true", help="the problems as a JSON array")
+    from crtool import fewer
+
+    fewer.add_parsers(sub, _owner_option)
     _add_system_commands(sub)
     from crtool.tag_commands import add_commands
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from crtool import addresses, terminal
+from crtool import entries as entry_forms
 from crtool.config import (
     CONFIG_NAME,
     Settings,
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         "history": history_command,
         "address": address_command,
     }
+    from crtool import fewer
+
+    handlers.update(fewer.handlers())
     if getattr(args, "config", None):
         from crtool import system_commands
 
@@ -212,12 +216,11 @@ def address_list(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
     if args.verb == "check":
         with transaction(engine, write=False) as session:
-            keys = addresses.lookup_keys(args.address, settings.subaddress_separators)
-            found = [key for name, key in lists.matches(session, owner, keys)
-                     if name == list_name]
-        if found:
-            best = min(found, key=keys.index)
-            print(f"listed: {args.address} (matches {_shown(best)})")
+            query = entry_forms.query(args.address, None, settings.subaddress_separators)
+            rows = lists.entry_matches(session, owner, query.keys, query.probes)
+            best = entry_forms.decide([row for row in rows if row[0] == list_name], query)
+        if best is not None:
+            print(f"listed: {args.address} (matches {_shown(best.key)})")
             return EXIT_OK
         print(f"not listed: {args.address}")
         return EXIT_NOT_LISTED
@@ -286,7 +289,7 @@ def _read_patterns(handle: TextIO) -> Iterator[addresses.Pattern]:
         if not text:
             continue
         try:
-            yield addresses.parse_pattern(text)
+            yield entry_forms.parse_entry(text)
         except UsageError as error:
             raise UsageError(f"line {number}: {error}") from None
 

@@ -22,6 +22,8 @@ DATABASE_NAME = "crtool.db"
 
 DELIVERY_MODES = ("continue", "maildir")
 BLACKLIST_ACTIONS = ("drop", "bounce")
+# "observe": nothing is challenged or held, what enforce would do is recorded (crtool/observe.py).
+MODES = ("enforce", "observe")
 
 # Far above what any MTA passes by default (Postfix 10 MB, Exim 50 MB) and above SQLite's 1 GB
 # limit on one value, so real mail is held; finite, so /dev/zero on stdin is not read forever.
@@ -104,6 +106,9 @@ class Settings:
     # A delivery that found no server starts `crtool serve`, which exits after this long
     # without a delivery (autostart.py); 0 never starts one.
     serve_idle: int = 600
+    # The header the owner's own spam filter adds to spam ("X-Spam-Flag: YES"); "" for none.
+    spam_header: str = ""
+    mode: str = "enforce"
 
     def __post_init__(self) -> None:
         if self.hold_ttl <= 0:
@@ -140,9 +145,11 @@ _CHOICES = {
     "mta": MTA_PROFILES,
     "delivery": DELIVERY_MODES,
     "blacklist_action": BLACKLIST_ACTIONS,
+    "mode": MODES,
 }
 _STRINGS = {"address", "database_url", "sendmail", "delimiter", "authserv_id",
-            "subaddress_separators", "name", "lmtp_next", "web_url", "digest_to"}
+            "subaddress_separators", "name", "lmtp_next", "web_url", "digest_to",
+            "spam_header"}
 _WEB_URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
 
 
@@ -331,4 +338,10 @@ reply_window = "{format_duration(settings.reply_window)}"
 # After a delivery that found no `crtool serve` running, start one, which exits after this long
 # without mail ("0": never start one; deliveries then work alone, more slowly).
 serve_idle = "{format_duration(settings.serve_idle)}"
+# The header your own spam filter adds to spam, e.g. "X-Spam-Flag: YES" (SpamAssassin) or
+# "X-Spam: Yes" (rspamd): a stranger's message so marked is held without a challenge.
+spam_header = {q(settings.spam_header)}
+# "enforce", or "observe": deliver everything, challenge nobody, record what enforce would
+# have done (`crtool report`); `crtool mode` switches.
+mode = {q(settings.mode)}
 """

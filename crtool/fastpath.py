@@ -28,7 +28,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from crtool import addresses, policy
+from crtool import entries, policy
 from crtool.config import Settings
 from crtool.envelope import Envelope, RawMessage
 from crtool.exits import Outcome
@@ -42,6 +42,15 @@ MATCH_SQL = (
     'WHERE address_entries.owner = ? AND address_entries."key" IN (__[POSTCOMPILE_key_1])'
 )
 _IN_PLACEHOLDER = "__[POSTCOMPILE_key_1]"
+# str(lists.entry_statement(owner, keys, probes).compile(dialect=sqlite)): every kind of entry,
+# wildcards found by their probe (crtool/entries.py).
+ENTRY_SQL = (
+    MATCH_SQL + " UNION ALL "
+    'SELECT address_entries.list_name, address_entries."key" \n'
+    "FROM address_entries \n"
+    "WHERE address_entries.owner = ? AND address_entries.probe IN (__[POSTCOMPILE_probe_1])"
+)
+_PROBE_PLACEHOLDER = "__[POSTCOMPILE_probe_1]"
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 TALLY_NAME = "delivered.tally"
 # Not crtool.private: this path imports as little as it can.
@@ -52,6 +61,12 @@ def match_sql(count: int) -> str:
     """MATCH_SQL for `count` keys, as SQLAlchemy renders it (render_postcompile): the owner's
     parameter first, then one `?` per key."""
     return MATCH_SQL.replace(_IN_PLACEHOLDER, ", ".join(["?"] * count))
+
+
+def entry_sql(keys: int, probes: int) -> str:
+    """ENTRY_SQL for `keys` keys and `probes` probes, as SQLAlchemy renders it."""
+    return (ENTRY_SQL.replace(_IN_PLACEHOLDER, ", ".join(["?"] * keys))
+            .replace(_PROBE_PLACEHOLDER, ", ".join(["?"] * probes)))
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -74,20 +89,22 @@ def _uri(path: Path) -> str:
     return f"file:{text}?mode=ro"
 
 
-def lookup(path: Path, owner: str, keys: list[str],
-           timeout: float = 30.0) -> list[tuple[str, str]] | None:
-    """Every (list, key) among a sender's look-up keys, read-only; None when the database
-    cannot be read (missing, locked past `timeout`, not crtool's schema), so that the full
-    path decides."""
+def lookup(path: Path, owner: str, keys: list[str], timeout: float = 30.0,
+           probes: list[str] | None = None) -> list[tuple[str, str]] | None:
+    """Every (list, key) among a message's look-up keys and wildcard probes (entries.query),
+    read-only; None when the database cannot be read (missing, locked past `timeout`, not
+    crtool's schema), so that the full path decides."""
     if not keys:
         return []
+    probes = probes or [""]
     try:
         connection = sqlite3.connect(_uri(path), uri=True, timeout=timeout,
                                      isolation_level=None)
     except sqlite3.Error:
         return None
     try:
-        rows = connection.execute(match_sql(len(keys)), [owner, *keys]).fetchall()
+        rows = connection.execute(entry_sql(len(keys), len(probes)),
+                                  [owner, *keys, owner, *probes]).fetchall()
     except sqlite3.Error:
         return None
     finally:
@@ -114,19 +131,21 @@ def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | N
     who passes them on to the full path when this says None."""
     if not envelope.sender:
         return None
-    keys = addresses.lookup_keys(envelope.sender, settings.subaddress_separators)
+    query = entries.query(envelope.sender, facts, settings.subaddress_separators)
     path = sqlite_file(settings.database_url)
     if path is not None:
-        rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
+        rows = lookup(path, settings.owner, query.keys, float(settings.database_timeout),
+                      query.probes)
     else:  # PostgreSQL through psycopg alone (pgread.py); None for anything else
         from crtool import pgread
 
-        rows = pgread.lookup(settings.database_url, settings.owner, keys,
-                             float(settings.database_timeout))
+        rows = pgread.lookup(settings.database_url, settings.owner, query.keys,
+                             float(settings.database_timeout), query.probes)
     if rows is None:
         return None
-    verdict = policy.classify(incoming(settings, envelope, facts),
-                              policy.decide_listing(rows, keys))
+    message = incoming(settings, envelope, facts)
+    verdict = policy.classify(message, entries.decide(
+        rows, query, from_trusted=not policy.dmarc_failed(message)))
     if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
         return None
     return verdict.listing.key

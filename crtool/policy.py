@@ -62,6 +62,10 @@ class Incoming:
     reply: bool = False
     # The recipient is one of the owner's tagged addresses; None for any other recipient.
     tag: Tag | None = None
+    # The owner's own spam filter marked it (setting `spam_header`, crtool/upstream.py).
+    spam_flagged: bool = False
+    # An open `crtool expect` window covers its domain (crtool/expect.py).
+    expected: bool = False
 
 
 @dataclass(frozen=True)
@@ -313,6 +317,9 @@ class Rule:
 # for the hold, shown by `pending list` and counted by `stats`. docs/reasons.md is this table
 # (tests/unit/test_policy_reasons.py keeps the two equal).
 SUPPRESSION_RULES: tuple[Rule, ...] = (
+    Rule("spam_flagged", lambda m: m.spam_flagged,
+         "the owner's own spam filter marked the message (setting `spam_header`, e.g. "
+         "`X-Spam-Flag: YES`, above the owner's MTA's Received line)"),
     Rule("null_sender", lambda m: m.sender == "",
          "the envelope sender is empty: a bounce (RFC 5321 §4.5.5)"),
     Rule("double_bounce", lambda m: m.sender == "#@[]",
@@ -480,6 +487,8 @@ def classify(message: Incoming, listing: Listing | None) -> Verdict:
         # vacation notice, a list carrying replies to the owner's post) only delivered.
         automated = suppression_reason(message) is not None
         return Verdict(Action.ACCEPT, reason="reply_automated" if automated else REPLY)
+    if message.expected:
+        return Verdict(Action.ACCEPT, reason="expected")
     if message.own_digest:
         # Null sender and Auto-Submitted, so any rule below would hold it: the owner would
         # never see the digest that tells him what is held.

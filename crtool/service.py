@@ -19,7 +19,19 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, known, onward, policy, tokens
+from crtool import (
+    addresses,
+    challenge,
+    entries,
+    expect,
+    fastpath,
+    known,
+    observe,
+    onward,
+    policy,
+    tokens,
+    upstream,
+)
 from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
@@ -110,6 +122,9 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
             return _purged_after(box, confirm(box, token, Via.mail(envelope, facts)))
         return _purged_after(box, owner_action(box, envelope, word, token))
 
+    if box.settings.spam_header:
+        incoming = replace(incoming, spam_flagged=upstream.spam_flagged(
+            raw.head, box.settings.spam_header))
     # The decision only reads (but for a tag that does not hold, which is recorded): no
     # write lock is taken before it is known that something must be written, so
     # whitelisted deliveries (most mail) run side by side.
@@ -117,7 +132,14 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
         if _own_digest(box, session, envelope, facts):
             incoming = replace(incoming, own_digest=True)
         incoming = known.enrich(box, session, envelope, facts, incoming)
-        verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
+        listing = _listing(box, session, incoming)
+        if listing is None and expect.expected(session, box.owner, incoming, box.now(),
+                                               box.settings.subaddress_separators):
+            incoming = replace(incoming, expected=True)
+        verdict = policy.classify(incoming, listing)
+    if box.settings.mode == observe.OBSERVE and observe.would_stop(verdict):
+        with transaction(box.engine) as session:
+            return observe.deliver(box, session, envelope, raw, verdict)
     if verdict.action is policy.Action.ACCEPT:
         return _accept(box, envelope, raw, verdict)
     if verdict.action in (policy.Action.BLACKLISTED, policy.Action.DROP):
@@ -141,11 +163,9 @@ def _own_digest(box: Mailbox, session: Session, envelope: Envelope, facts: Facts
                             box.settings.hold_ttl)
 
 
-def _listing(box: Mailbox, session: Session, sender: str) -> policy.Listing | None:
-    if not sender:
-        return None
-    keys = addresses.lookup_keys(sender, box.settings.subaddress_separators)
-    return policy.decide_listing(lists.matches(session, box.owner, keys), keys)
+def _listing(box: Mailbox, session: Session,
+             incoming: policy.Incoming) -> policy.Listing | None:
+    return lists.listing_for(session, box.owner, incoming, box.settings.subaddress_separators)
 
 
 def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
@@ -194,7 +214,7 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
         now = box.now()
         pending.lock_owner(session, box.owner, now)
         # Decided again inside the write lock: a list may have changed since the first look.
-        verdict = policy.classify(incoming, _listing(box, session, envelope.sender))
+        verdict = policy.classify(incoming, _listing(box, session, incoming))
         if verdict.action in (policy.Action.BLACKLISTED, policy.Action.DROP):
             return _blacklisted(box, session, envelope, verdict)
         if verdict.action is policy.Action.ACCEPT:
@@ -497,7 +517,9 @@ def _confirmation_refused(box: Mailbox, session: Session,
 
 
 def _blacklisted_now(box: Mailbox, session: Session, sender: str) -> bool:
-    listing = _listing(box, session, sender)
+    probe = policy.Incoming(sender=sender, sender_valid=True, recipient="", facts=Facts(),
+                            owner_address=box.settings.address)
+    listing = _listing(box, session, probe)
     return listing is not None and listing.list_name == policy.BLACK
 
 
@@ -744,7 +766,7 @@ def list_add(box: Mailbox, list_name: str, texts: Sequence[str], note: str) -> l
                                                                                          bool]]:
     """`whitelist add` / `blacklist add` and the web's add form: every pattern or none
     (UsageError names the first bad one); each with whether it was new."""
-    patterns = [addresses.parse_pattern(text) for text in texts]
+    patterns = [entries.parse_entry(text) for text in texts]
     with transaction(box.engine) as session:
         return [(p.text, lists.add(session, box.owner, list_name, p, note, box.now()))
                 for p in patterns]
@@ -754,7 +776,7 @@ def list_remove(box: Mailbox, list_name: str, texts: Sequence[str]) -> tuple[lis
                                                                              list[str]]:
     """`whitelist remove` / `blacklist remove` and the web's remove buttons: (removed,
     not listed)."""
-    patterns = [addresses.parse_pattern(text) for text in texts]
+    patterns = [entries.parse_entry(text) for text in texts]
     removed, missing = [], []
     with transaction(box.engine) as session:
         for pattern in patterns:

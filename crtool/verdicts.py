@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from crtool import addresses, policy
+from crtool import addresses, expect, observe, policy
 from crtool.envelope import valid_mailbox
 from crtool.message import Facts
 from crtool.store import lists, log
@@ -57,9 +58,12 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
 
     with transaction(box.engine, write=False) as session:
         # The very look-up and rate-limit count that delivery makes.
-        listing = service._listing(box, session, sender)
+        listing = service._listing(box, session, incoming)
         envelope = Envelope(sender=sender, recipient=incoming.recipient)
         incoming = known.enrich(box, session, envelope, incoming.facts, incoming, record=False)
+        if listing is None and expect.expected(session, box.owner, incoming, box.now(),
+                                               settings.subaddress_separators):
+            incoming = replace(incoming, expected=True)
         verdict = policy.classify(incoming, listing)
         if listing is not None:
             entry = lists.entry(session, box.owner, listing.list_name, listing.key)
@@ -80,6 +84,9 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
     elif verdict.action is policy.Action.DROP:
         found.update(verdict="drop", reason=verdict.reason,
                      why=f"{verdict.reason}: {unasked[verdict.reason]}")
+    elif verdict.action is policy.Action.ACCEPT and verdict.reason == "expected":
+        found.update(verdict="deliver", reason="expected",
+                     why="an expect window is open for its domain ('crtool expect')")
     elif verdict.action is policy.Action.ACCEPT:
         found.update(verdict="deliver", why=f"whitelisted: {entry_text}")
     elif verdict.action is policy.Action.BLACKLISTED:
@@ -96,6 +103,9 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
     else:
         found.update(verdict="hold and challenge", reason="challenged",
                      why="on neither list; no rule forbids a challenge")
+    if settings.mode == observe.OBSERVE and observe.would_stop(verdict):
+        # Observe mode delivers it; say what enforce would do, which `crtool report` counts.
+        found.update(verdict=f"deliver (observe mode; enforce would {found['verdict']})")
     return found
 
 

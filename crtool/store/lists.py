@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Select, delete, func, or_, select
+from sqlalchemy import CompoundSelect, Select, delete, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
-from crtool import addresses
+from crtool import addresses, policy
+from crtool import entries as entry_forms
+from crtool.entries import probe_of
 from crtool.store.log import record_event
 from crtool.store.models import AddressEntry
 from crtool.store.search import contains
@@ -30,12 +32,41 @@ def match_statement(owner: str, keys: list[str]) -> Select[str, str]:
     )
 
 
+def entry_statement(owner: str, keys: list[str], probes: list[str]) -> CompoundSelect[str, str]:
+    """The look-up of a message against every kind of entry (crtool/entries.py): equality on
+    the key UNION ALL equality on the wildcard probe, each served by its own index."""
+    return union_all(
+        match_statement(owner, keys),
+        select(AddressEntry.list_name, AddressEntry.key).where(
+            AddressEntry.owner == owner, AddressEntry.probe.in_(probes)),
+    )
+
+
 def matches(session: Session, owner: str, keys: list[str]) -> list[tuple[str, str]]:
     """Every (list, key) among an address's look-up keys (addresses.lookup_keys)."""
     if not keys:
         return []
     rows = session.execute(match_statement(owner, keys)).all()
     return [(name, key) for name, key in rows]
+
+
+def entry_matches(session: Session, owner: str, keys: list[str],
+                  probes: list[str]) -> list[tuple[str, str]]:
+    """Every (list, key) with one of `keys`, and every wildcard entry with one of `probes`
+    (candidates, for entries.decide to match)."""
+    if not keys:
+        return []
+    rows = session.execute(entry_statement(owner, keys, probes or [""])).all()
+    return [(name, key) for name, key in rows]
+
+
+def listing_for(session: Session, owner: str, message: policy.Incoming,
+                separators: str = "+") -> policy.Listing | None:
+    """The entry that decides one message: its envelope sender, its From: address and its
+    List-Id against every kind of entry, in one indexed statement (crtool/entries.py)."""
+    query = entry_forms.query(message.sender, message.facts, separators)
+    rows = entry_matches(session, owner, query.keys, query.probes)
+    return entry_forms.decide(rows, query, from_trusted=not policy.dmarc_failed(message))
 
 
 @dataclass(frozen=True)
@@ -66,7 +97,8 @@ def add(session: Session, owner: str, list_name: str, pattern: addresses.Pattern
             existing.note = note
         return False
     session.add(AddressEntry(owner=owner, list_name=list_name, key=pattern.key,
-                             kind=pattern.kind, note=note, created_at=now, source=source))
+                             kind=pattern.kind, note=note, created_at=now, source=source,
+                             probe=probe_of(pattern.key)))
     record_event(session, owner, now, "listed", list_name, pattern.text, actor=source)
     return True
 
@@ -126,7 +158,8 @@ def count(session: Session, owner: str, list_name: str, search: str = "") -> int
 
 
 def bulk_import(session: Session, owner: str, list_name: str,
-                patterns: Iterable[addresses.Pattern], now: int) -> int:
+                patterns: Iterable[addresses.Pattern], now: int, note: str = "",
+                source: str = OWNER_SOURCE) -> int:
     """Insert patterns in batches inside the caller's one transaction; duplicates are skipped.
 
     Memory stays bounded by the batch size whatever the input's length. Returns how many
@@ -143,8 +176,9 @@ def bulk_import(session: Session, owner: str, list_name: str,
     def flush() -> None:
         if not batch:
             return
-        rows = [dict(owner=owner, list_name=list_name, key=p.key, kind=p.kind, note="",
-                     created_at=now) for p in batch.values()]
+        rows = [dict(owner=owner, list_name=list_name, key=p.key, kind=p.kind, note=note,
+                     created_at=now, source=source, probe=probe_of(p.key))
+                for p in batch.values()]
         statement = insert(AddressEntry).on_conflict_do_nothing(
             index_elements=["owner", "key", "list_name"])
         session.execute(statement, rows)

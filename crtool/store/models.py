@@ -49,12 +49,17 @@ class AddressEntry(Base):
     # reply), "released by owner" (a release with --whitelist, or an accept address), "sent",
     # "reply", "learned". Kept apart from the owner's free-text note.
     source: Mapped[str] = mapped_column(String(20), default="owner", server_default="owner")
+    # A wildcard entry's literal domain ("@example.com", "from:@example.com"), NULL for the
+    # other kinds: the indexed key by which a look-up finds the few wildcards that could match
+    # a message (crtool/entries.py).
+    probe: Mapped[str | None] = mapped_column(String(ADDRESS), nullable=True)
 
     __table_args__ = (
         # Serves the look-up `owner = ? AND key IN (...)`: equality probes only; the second
         # index serves `whitelist list`.
         Index("ix_address_entries_lookup", "owner", "key", "list_name", unique=True),
         Index("ix_address_entries_list", "owner", "list_name", "key"),
+        Index("ix_address_entries_probe", "owner", "probe"),
     )
 
 
@@ -233,3 +238,18 @@ class TaggedAddress(Base):
         Index("ix_tagged_addresses_value", "owner", "kind", "value", unique=True),
         Index("ix_tagged_addresses_token", "owner", "token"),
     )
+
+
+class Expectation(Base):
+    """A window the owner opened (`crtool expect DOMAIN --for 2h`) in which mail from that
+    domain, automated mail too, is accepted: for sign-ups and password resets."""
+
+    __tablename__ = "expectations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(ADDRESS))
+    domain: Mapped[str] = mapped_column(String(ADDRESS))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_expectations_lookup", "owner", "domain", "expires_at"),)

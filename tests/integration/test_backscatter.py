@@ -113,6 +113,7 @@ ROWS: list[tuple[str, str, str, dict[str, str], str]] = [
 SENDER_LIMIT_ROW = "sender_rate_limit"
 GLOBAL_LIMIT_ROW = "global_rate_limit"
 NO_HEADER_ROW = "no_header_block"
+SPAM_ROW = "spam_flagged"
 
 
 def test_every_rule_holds_with_its_reason_and_only_the_challenged_are_answered(
@@ -125,6 +126,10 @@ def test_every_rule_holds_with_its_reason_and_only_the_challenged_are_answered(
         outcomes[name] = (result.outcome.value, result.reason)
     result = alice.deliver(b"no header block at all\n", "r12@remote.test")
     outcomes[NO_HEADER_ROW] = (result.outcome.value, result.reason)
+    # The owner's own spam filter's mark (here with no Received line: the whole head is his).
+    outcomes[SPAM_ROW] = _pair(alice.deliver(
+        message("r14@remote.test", headers={"X-Spam-Flag": "YES"}), "r14@remote.test",
+        spam_header="X-Spam-Flag: YES"))
     # The same sender again within the window, then a new one once the hour's budget is spent.
     outcomes[SENDER_LIMIT_ROW] = _pair(alice.deliver(message("r0@remote.test", "again"),
                                                      "r0@remote.test"))
@@ -133,7 +138,7 @@ def test_every_rule_holds_with_its_reason_and_only_the_challenged_are_answered(
         message("r13@remote.test"), "r13@remote.test", challenge_global_limit=spent))
 
     expected = {name: ("held", reason) for name, *_, reason in ROWS}
-    expected |= {NO_HEADER_ROW: ("held", "no_header_block"),
+    expected |= {NO_HEADER_ROW: ("held", "no_header_block"), SPAM_ROW: ("held", "spam_flagged"),
                  SENDER_LIMIT_ROW: ("held", "sender_rate_limit"),
                  GLOBAL_LIMIT_ROW: ("held", "global_rate_limit")}
     assert outcomes == expected

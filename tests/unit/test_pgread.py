@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from crtool import addresses, fastpath, pgread, policy
+from crtool import addresses, entries, fastpath, pgread, policy
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import parse_head
@@ -24,18 +24,20 @@ OWNER = "alice@example.test"
 SENDERS = ("bob@example.org", "spam@Example.org", "friend@junk.test", "x@junk.test",
            "nobody@else.test", "not an address", "friend+x@junk.test",
            "prvs=1234abcdef=spam@example.org", "SRS0=hh=tt=junk.test=friend@fwd.test",
-           "O'Brien@example.org", "%(owner_1)s@example.org")
+           "O'Brien@example.org", "%(owner_1)s@example.org", "bob-news@example.org",
+           "bob-news+x@example.org", "carl@lists.test")
 
 
-@pytest.mark.parametrize("count", range(1, 13))
-def test_match_sql_is_what_sqlalchemy_compiles_for_psycopg(count: int) -> None:
-    keys = [f"k{i}" for i in range(count)]
-    statement = lists.match_statement(OWNER, keys)
+@pytest.mark.parametrize(("keys", "probes"), [(k, p) for k in range(1, 13) for p in (1, 2, 3)])
+def test_entry_sql_is_what_sqlalchemy_compiles_for_psycopg(keys: int, probes: int) -> None:
+    key_list = [f"k{i}" for i in range(keys)]
+    probe_list = [f"@p{i}.test" for i in range(probes)]
+    statement = lists.entry_statement(OWNER, key_list, probe_list)
     dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    assert str(compiled) == pgread.match_sql(count)
-    assert compiled.params == pgread.match_params(OWNER, keys)
-    assert str(statement.compile(dialect=dialect)) == pgread.MATCH_SQL
+    assert str(compiled) == pgread.entry_sql(keys, probes)
+    assert compiled.params == pgread.entry_params(OWNER, key_list, probe_list)
+    assert str(statement.compile(dialect=dialect)) == pgread.ENTRY_SQL
     assert dialect.paramstyle == "pyformat"
 
 
@@ -68,6 +70,10 @@ def pg_settings(database_url: str, tmp_path: Path) -> Settings:
                                 (policy.BLACK, "spam@example.org"), (policy.BLACK, "@junk.test"),
                                 (policy.WHITE, "o'brien@example.org")):
             lists.add(session, OWNER, list_name, addresses.parse_pattern(text), "", 0)
+        # A wildcard entry is found by its probe, not its key: the fast path must see it too.
+        for list_name, text in ((policy.BLACK, "bob-*@example.org"),
+                                (policy.WHITE, "c*l@lists.test")):
+            lists.add(session, OWNER, list_name, entries.parse_entry(text), "", 0)
         # Another owner's entries in the same tables are never this owner's.
         lists.add(session, "carol@example.test", policy.WHITE,
                   addresses.parse_pattern("nobody@else.test"), "", 0)
@@ -82,10 +88,10 @@ def test_its_answers_are_the_full_paths(pg_settings: Settings) -> None:
     engine = make_engine(pg_settings.database_url)
     try:
         for sender in SENDERS:
-            keys = addresses.lookup_keys(sender)
+            query = entries.query(sender, None)
             with transaction(engine, write=False) as session:
-                full = sorted(lists.matches(session, OWNER, keys))
-            fast = pgread.lookup(pg_settings.database_url, OWNER, keys)
+                full = sorted(lists.entry_matches(session, OWNER, query.keys, query.probes))
+            fast = pgread.lookup(pg_settings.database_url, OWNER, query.keys, probes=query.probes)
             assert fast is not None and sorted(fast) == full, sender
     finally:
         engine.dispose()
@@ -107,6 +113,9 @@ def test_the_fast_path_decides_only_whitelisted_on_postgresql(pg_settings: Setti
     assert key("nobody@else.test") is None
     assert key("") is None
     assert key("bob@example.org", "alice-confirm-abcd@example.test") is None
+    # The domain is whitelisted, but a blacklisted wildcard is more specific.
+    assert key("bob-news@example.org") is None
+    assert key("carl@lists.test") == "glob:c*l@lists.test"
 
 
 def test_an_unreachable_server_leaves_the_decision_to_the_full_path(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ def ar(result: str, serv: str = MX) -> str:
 # (row id, message, reason expected or None for "challenge it"). One row per rule at least.
 TABLE: list[tuple[str, policy.Incoming, str | None]] = [
     ("ordinary", incoming(), None),
+    ("spam_flagged", replace(incoming(), spam_flagged=True), "spam_flagged"),
     ("null_sender", incoming(sender=""), "null_sender"),
     ("double_bounce", incoming(sender="#@[]", valid=False), "double_bounce"),
     ("mailer_daemon", incoming(sender="MAILER-DAEMON@remote.test"), "mailer_daemon"),
@@ -294,3 +295,11 @@ def test_authentication_results_below_500_padding_headers_still_count() -> None:
     fake = "".join(ar("spf=pass smtp.mailfrom=remote.test", "evil.test") for _ in range(50))
     head = padding + fake + ar("spf=fail smtp.mailfrom=remote.test")
     assert policy.suppression_reason(incoming(head)) == "spf_fail"
+
+
+def test_an_expected_domain_is_accepted_but_the_lists_still_come_first() -> None:
+    automated = replace(incoming("Auto-Submitted: auto-generated\n"), expected=True)
+    assert policy.classify(automated, None).action is policy.Action.ACCEPT
+    assert policy.classify(automated, None).reason == "expected"
+    black = policy.Listing(policy.BLACK, "@remote.test")
+    assert policy.classify(automated, black).action is policy.Action.BLACKLISTED
