@@ -516,7 +516,7 @@ STAT_KINDS = ("delivered", "held", "challenged", "confirmed", "released", "dropp
 
 
 def stats_command(settings: Settings, args: argparse.Namespace) -> int:
-    from crtool import fastpath
+    from crtool import tally
     from crtool.store import log
     from crtool.store.engine import transaction
 
@@ -524,7 +524,7 @@ def stats_command(settings: Settings, args: argparse.Namespace) -> int:
         counts = log.event_counts(session, settings.owner)
     totals = {kind: 0 for kind in STAT_KINDS}
     # Whitelisted mail accepted by deliver's fast read path is tallied beside the database.
-    totals["delivered"] = fastpath.tallied_deliveries(settings.home)
+    totals["delivered"] = tally.tallied_deliveries(settings.home)
     reasons: dict[str, dict[str, int]] = {"held": {}, "dropped": {}}
     for (kind, reason), n in counts.items():
         totals[kind] = totals.get(kind, 0) + n

@@ -1,4 +1,4 @@
-"""The whitelisted check without SQLAlchemy (contract §10), and the acceptance both paths share.
+"""The whitelisted check without SQLAlchemy (contract §10).
 
 Most mail of a mature installation comes from whitelisted senders, and importing SQLAlchemy costs
 about 170 ms per process. So for a SQLite database `deliver` first asks the list through the
@@ -10,21 +10,11 @@ still what SQLAlchemy compiles, so the schema keeps one source of truth). The de
 Only a plain "whitelisted" is decided here. A blacklisted or unknown sender, a confirm reply, a
 null sender, another database, or any error on the way returns None, and the full path
 (SQLAlchemy, `service.deliver`) decides again from scratch: the fast path can only skip work,
-never change an outcome.
-
-How it counts what it accepts: the full path records a "delivered" event per message, but that
-is a write, and every write goes through SQLAlchemy (contract §10), the very import this path
-avoids; writing the event through `sqlite3` would be a second implementation of the store. So
-the fast path appends one byte to HOME/delivered.tally instead (O_APPEND: concurrent deliveries
-never lose each other's byte), and `stats` adds the file's size to the events it counts. The
-count stays exact; what the tally does not keep is the event's time, sender and matching key,
-which `stats` does not show. The byte is not fsynced and a failure to write it is ignored: a
-count is not worth a retry of a message that is already accepted.
+never change an outcome. What it accepts is counted in tally.py, for `stats`.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -43,9 +33,6 @@ MATCH_SQL = (
 )
 _IN_PLACEHOLDER = "__[POSTCOMPILE_key_1]"
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
-TALLY_NAME = "delivered.tally"
-# Not crtool.private: this path imports as little as it can.
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def match_sql(count: int) -> str:
@@ -154,29 +141,3 @@ def accept(settings: Settings, envelope: Envelope, raw: RawMessage,
     prefix = trace_prefix(settings.mta, envelope.sender, envelope.recipient)
     where = onward.deliver(settings, envelope.sender, envelope.recipient, raw.chunks(), prefix)
     return Outcome.DELIVERED, f"whitelisted ({key}); {where}"
-
-
-def count_delivery(home: Path) -> None:
-    """Add one to the fast path's tally of accepted messages (one byte, appended).
-
-    Side effect: HOME/delivered.tally grows by one byte; errors are ignored (see above).
-    """
-    try:
-        fd = os.open(home / TALLY_NAME,
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
-    except OSError:
-        return
-    try:
-        os.write(fd, b".")
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def tallied_deliveries(home: Path) -> int:
-    """How many messages the fast path accepted: the tally's size, for `stats`."""
-    try:
-        return (home / TALLY_NAME).stat().st_size
-    except OSError:
-        return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import sqlite
 
-from crtool import addresses, fastpath, policy
+from crtool import addresses, fastpath, policy, tally
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import parse_head
@@ -148,16 +148,17 @@ def test_an_unreadable_database_leaves_the_decision_to_the_full_path(
 
 
 def test_the_tally_counts_each_accepted_message(tmp_path: Path) -> None:
-    assert fastpath.tallied_deliveries(tmp_path) == 0
+    assert tally.tallied_deliveries(tmp_path) == 0
     for _ in range(3):
-        fastpath.count_delivery(tmp_path)
-    assert fastpath.tallied_deliveries(tmp_path) == 3
-    assert (tmp_path / fastpath.TALLY_NAME).stat().st_mode & 0o777 == 0o600
+        tally.count_delivery(tmp_path)
+    assert tally.tallied_deliveries(tmp_path) == 3
+    assert (tmp_path / tally.TALLY_NAME).stat().st_mode & 0o777 == 0o600
 
 
 def test_the_lean_modules_import_nothing_heavy() -> None:
     # What `crtool deliver` imports before it knows it needs SQLAlchemy, Jinja2 or itsdangerous.
-    code = ("import sys, crtool.cli, crtool.client, crtool.delivery, crtool.fastpath; "
+    code = ("import sys, crtool.cli, crtool.client, crtool.delivery, crtool.fastpath, "
+            "crtool.tally; "
             "heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('sqlalchemy', 'jinja2', 'itsdangerous', 'alembic')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
