@@ -140,11 +140,11 @@ def handle(home: Path, request: Request, stream: BinaryIO, resources: Resources,
                               limit=settings.max_message_size)
         facts = parse_head(raw.head)  # once per delivery: both paths read these
         if fast:
-            from crtool import fastpath, tally
+            from crtool import acceptance, fastpath, tally
 
             key = fastpath.whitelisted(settings, envelope, facts)
             if key is not None:
-                outcome, detail = fastpath.accept(settings, envelope, raw, key)
+                outcome, detail = acceptance.accept(settings, envelope, raw, key)
                 tally.count_delivery(settings.home)
                 return Answer(mta, outcome.value, detail)
         from crtool import service

@@ -5,7 +5,8 @@ about 170 ms per process. So for a SQLite database `deliver` first asks the list
 standard library's `sqlite3`, read-only (`mode=ro`), with the text SQLAlchemy compiles from
 `store.lists.match_statement` (kept here as a constant; tests/unit/test_fastpath.py proves it is
 still what SQLAlchemy compiles, so the schema keeps one source of truth). The decision itself is
-`policy.classify`, the same function the full path calls.
+`policy.classify` over `acceptance.incoming`, as on the full path, and what it accepts goes
+through `acceptance.accept`, as there.
 
 Only a plain "whitelisted" is decided here. A blacklisted or unknown sender, a confirm reply, a
 null sender, another database, or any error on the way returns None, and the full path
@@ -18,11 +19,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from crtool import addresses, policy
+from crtool import acceptance, addresses, policy
 from crtool.config import Settings
-from crtool.envelope import Envelope, RawMessage
-from crtool.exits import Outcome
-from crtool.message import Facts, clean_text
+from crtool.envelope import Envelope
+from crtool.message import Facts
 
 # str(lists.match_statement(owner, keys).compile(dialect=sqlite)), with the expanding IN
 # parameter as SQLAlchemy leaves it before the number of keys is known.
@@ -82,19 +82,6 @@ def lookup(path: Path, owner: str, keys: list[str],
     return [(str(row[0]), str(row[1])) for row in rows]
 
 
-def incoming(settings: Settings, envelope: Envelope, facts: Facts) -> policy.Incoming:
-    """What policy needs to know of one message; built alike by both paths."""
-    return policy.Incoming(
-        sender=envelope.sender,
-        sender_valid=envelope.sender_valid,
-        recipient=envelope.recipient,
-        facts=facts,
-        owner_address=settings.address,
-        delimiter=settings.delimiter,
-        authserv_id=settings.authserv_id,
-    )
-
-
 def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | None:
     """The whitelist key that accepts this message, or None when the fast path cannot say so
     (see the module docstring). `facts` are the message's head, parsed once by the caller,
@@ -108,36 +95,8 @@ def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | N
     rows = lookup(path, settings.owner, keys, float(settings.database_timeout))
     if rows is None:
         return None
-    verdict = policy.classify(incoming(settings, envelope, facts),
+    verdict = policy.classify(acceptance.incoming(settings, envelope, facts),
                               policy.decide_listing(rows, keys))
     if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
         return None
     return verdict.listing.key
-
-
-def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
-    """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
-    Postfix already carries them (contract §3), so it gets none; one taken over LMTP does not,
-    so it gets them as any delivery agent writes them."""
-    if row_mta not in ("qmail", "lmtp"):
-        return b""
-    lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"
-             f"Delivered-To: {clean_text(recipient, 320)}\n")
-    return lines.encode("utf-8", "replace")
-
-
-def accept(settings: Settings, envelope: Envelope, raw: RawMessage,
-           key: str) -> tuple[Outcome, str]:
-    """Carry out "whitelisted": let the MTA's next line deliver, or write the Maildir.
-
-    Side effect with `delivery = "maildir"`: one new file in the Maildir (or one LMTP
-    transaction downstream, see onward.py). Both the fast path and `service` call this, so
-    accepted mail goes the same way whichever decided.
-    """
-    if settings.delivery == "continue":
-        return Outcome.CONTINUE, f"whitelisted ({key})"
-    from crtool import onward
-
-    prefix = trace_prefix(settings.mta, envelope.sender, envelope.recipient)
-    where = onward.deliver(settings, envelope.sender, envelope.recipient, raw.chunks(), prefix)
-    return Outcome.DELIVERED, f"whitelisted ({key}); {where}"

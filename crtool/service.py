@@ -18,12 +18,11 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, challenge, fastpath, onward, policy, tokens
+from crtool import acceptance, addresses, challenge, onward, policy, tokens
 from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
 from crtool.exits import Outcome
-from crtool.fastpath import trace_prefix
 from crtool.message import Facts, parse_head
 from crtool.outbox import Outbox
 from crtool.store import lists, log, pending
@@ -99,7 +98,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     or disk error escape) only when the environment is broken. `facts` are raw.head's, when
     the caller (the fast path) has parsed it already: the head is parsed once per delivery."""
     facts = facts if facts is not None else parse_head(raw.head)
-    incoming = fastpath.incoming(box.settings, envelope, facts)
+    incoming = acceptance.incoming(box.settings, envelope, facts)
     action = addresses.parse_action(envelope.recipient, box.settings.address,
                                     box.settings.delimiter)
     if action is not None:
@@ -145,7 +144,7 @@ def _accept(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
     key = verdict.listing.key if verdict.listing else verdict.reason
     log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
-    outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
+    outcome, detail = acceptance.accept(box.settings, envelope, raw, key)
     return Result(outcome, detail)
 
 
@@ -568,7 +567,7 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int,
             continue
         with closing(pending.chunks(session, row.id)) as pieces:
             onward.deliver(box.settings, row.sender, row.recipient, pieces,
-                           trace_prefix(row.mta, row.sender, row.recipient),
+                           acceptance.trace_prefix(row.mta, row.sender, row.recipient),
                            onward.release_name(box.owner, row.id, row.received_at))
         pending.finish(session, row, pending.RELEASED, now)
         log.record_event(session, box.owner, now, "released", "", row.sender, row.id, actor)

@@ -158,8 +158,16 @@ def test_the_tally_counts_each_accepted_message(tmp_path: Path) -> None:
 def test_the_lean_modules_import_nothing_heavy() -> None:
     # What `crtool deliver` imports before it knows it needs SQLAlchemy, Jinja2 or itsdangerous.
     code = ("import sys, crtool.cli, crtool.client, crtool.delivery, crtool.fastpath, "
-            "crtool.tally; "
+            "crtool.acceptance, crtool.tally; "
             "heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('sqlalchemy', 'jinja2', 'itsdangerous', 'alembic')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_full_path_does_not_depend_on_the_fast_one() -> None:
+    # The optimisation reads through the core, never the other way round.
+    code = ("import sys, crtool.service, crtool.commands, crtool.serve, crtool.verdicts; "
+            "print('crtool.fastpath' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "False"
