@@ -73,16 +73,8 @@ class OneShot:
 
     def mailbox(self, settings: Settings) -> Mailbox:
         from crtool import service
-        from crtool.outbox import SendmailOutbox
-        from crtool.store.engine import make_engine
-        from crtool.tokens import load_keys, secrets_of
 
-        return service.Mailbox(
-            settings=settings,
-            engine=make_engine(settings.database_url, timeout=settings.database_timeout),
-            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-            keys=lambda: secrets_of(load_keys(settings.keys_path)),
-        )
+        return service.open_mailbox(settings)
 
 
 def guess_mta(request: Request) -> str:

@@ -132,16 +132,10 @@ class Warm:
 
     def mailbox(self, settings: Settings) -> Mailbox:
         from crtool import service
-        from crtool.outbox import SendmailOutbox
 
         path = settings.keys_path
-        return service.Mailbox(
-            settings=settings,
-            engine=self.engine(settings),
-            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-            keys=lambda: self.keys(path),
-            clock=self.clock,
-        )
+        return service.open_mailbox(settings, self.engine(settings), lambda: self.keys(path),
+                                    self.clock)
 
     def warm_up(self) -> None:
         """Import and open everything a delivery needs, so the first one is not slow, and

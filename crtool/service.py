@@ -76,17 +76,22 @@ class Mailbox:
         return int(self.clock())
 
 
-def open_mailbox(settings: Settings) -> Mailbox:
-    """The owner's mailbox as the commands and the web pages use it: the configured database,
-    sendmail and key ring (read when a token is made or checked, so `keys rotate` counts)."""
+def open_mailbox(settings: Settings, engine: Engine | None = None,
+                 keys: KeyLoader | None = None, clock: Callable[[], float] = time.time) -> Mailbox:
+    """The owner's mailbox, the one place one is built: the configured database, sendmail and
+    key ring (read when a token is made or checked, so `keys rotate` counts). A resident
+    server passes the engine and the key loader it keeps between deliveries."""
     from crtool.outbox import SendmailOutbox
     from crtool.store.engine import make_engine
 
     return Mailbox(
         settings=settings,
-        engine=make_engine(settings.database_url, timeout=settings.database_timeout),
+        engine=engine if engine is not None else make_engine(
+            settings.database_url, timeout=settings.database_timeout),
         outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-        keys=lambda: tokens.secrets_of(tokens.load_keys(settings.keys_path)),
+        keys=keys if keys is not None else (
+            lambda: tokens.secrets_of(tokens.load_keys(settings.keys_path))),
+        clock=clock,
     )
 
 
