@@ -11,6 +11,14 @@ import os
 import sys
 
 from crtool.errors import BadToken, NotFound, TemporaryFailure, UsageError
+from crtool.exits import (
+    EX_TEMPFAIL,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from crtool.profiles import MTA_PROFILES as MTA_CHOICES
 
 # Without importing typing: deliver's client path starts faster without it.
@@ -22,12 +30,6 @@ if TYPE_CHECKING:
 
     from crtool.client import Request
 
-EXIT_OK = 0
-EXIT_NOT_LISTED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_ENVIRONMENT = 4
-EX_TEMPFAIL = 75
 
 
 EXAMPLES = """\
@@ -510,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug
         return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
 

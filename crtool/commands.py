@@ -26,9 +26,8 @@ from crtool.config import (
     settings_from_mapping,
 )
 from crtool.errors import NotFound, UsageError
+from crtool.exits import EXIT_NOT_LISTED, EXIT_OK
 
-EXIT_OK = 0
-EXIT_NOT_LISTED = 1
 LIST_NAMES = {"whitelist": "white", "blacklist": "black"}
 
 

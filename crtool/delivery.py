@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Answer:
-    """The outcome of one delivery: the exit profile (or "sysexits" when it is only guessed),
+    """The outcome of one delivery: the exit profile (exits.GUESSED when it is only guessed),
     exits.Outcome's value, and why."""
 
     mta: str
@@ -40,13 +40,8 @@ class Answer:
 def status(answer: Answer) -> tuple[int, str]:
     """The exit code and the stderr line ("" for none) for an Answer (contract §2)."""
     outcome = Outcome(answer.outcome)
-    if answer.mta == "sysexits":
-        code = 75 if outcome is Outcome.TEMPFAIL else exits.code(outcome, "postfix")
-        line = exits.stderr_line(outcome, "postfix", answer.detail)
-    else:
-        code = exits.code(outcome, answer.mta)
-        line = exits.stderr_line(outcome, answer.mta, answer.detail)
-    return code, line or ""
+    line = exits.stderr_line(outcome, answer.mta, answer.detail)
+    return exits.code(outcome, answer.mta), line or ""
 
 
 def failure(request: Request, error: BaseException) -> Answer:
@@ -85,7 +80,7 @@ def guess_mta(request: Request) -> str:
         return request.mta
     if b"DTLINE" in request.environ or b"RPLINE" in request.environ:
         return "qmail"
-    return "sysexits"
+    return exits.GUESSED
 
 
 def describe(error: BaseException) -> str:
