@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
         "While it runs, deliver hands each message to it; when it is stopped, deliver "
         "handles messages itself. SIGTERM finishes the deliveries under way and exits 0.")
 
-    _add_list_commands(sub, "whitelist")
-    _add_list_commands(sub, "blacklist")
+    from crtool.policy import ListKind
+
+    for kind in ListKind:
+        _add_list_commands(sub, kind.command)
 
     pend = sub.add_parser(
         "pending", help="the held messages",

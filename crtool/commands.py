@@ -28,8 +28,6 @@ from crtool.config import (
 from crtool.errors import NotFound, UsageError
 from crtool.exits import EXIT_NOT_LISTED, EXIT_OK
 
-LIST_NAMES = {"whitelist": "white", "blacklist": "black"}
-
 
 def run(args: argparse.Namespace) -> int:
     handlers = {
@@ -182,10 +180,11 @@ def _database_is_gone(settings: Settings) -> bool:
 # whitelist / blacklist ------------------------------------------------------------------------
 
 def address_list(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.policy import LIST_COMMANDS
     from crtool.store import lists
     from crtool.store.engine import transaction
 
-    list_name = LIST_NAMES[args.command]
+    list_name = LIST_COMMANDS[args.command]
     owner = settings.owner
     if args.verb in ("add", "remove"):
         from crtool import service

@@ -12,12 +12,28 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 from crtool import addresses
 from crtool.message import Facts
 
-WHITE = "white"
-BLACK = "black"
+
+class ListKind(enum.StrEnum):
+    """The owner's lists of senders. The value is what the store keeps (address_entries'
+    list_name); `command` is the list's name on the command line and on the web pages."""
+
+    WHITE = "white"  # always delivered (unless forged)
+    BLACK = "black"  # dropped, or bounced where blacklist_action = "bounce"
+
+    @property
+    def command(self) -> str:
+        return f"{self.value}list"
+
+
+WHITE = ListKind.WHITE
+BLACK = ListKind.BLACK
+LIST_COMMANDS: dict[str, ListKind] = {kind.command: kind for kind in ListKind}
+LIST_KINDS = frozenset(kind.value for kind in ListKind)
 
 
 class Action(enum.Enum):
@@ -47,7 +63,7 @@ class Incoming:
 class Listing:
     """The entry that decides a sender's fate: which list, and the stored key that matched."""
 
-    list_name: str
+    list_name: ListKind
     key: str
 
 
@@ -65,14 +81,17 @@ def decide_listing(matches: Iterable[tuple[str, str]], keys: Sequence[str]) -> L
     `keys` are the look-up keys of the sender, most specific first (addresses.lookup_keys):
     so `@example.com` whitelisted with `spam@example.com` blacklisted blocks that one sender,
     `@spam.test` blacklisted with `friend@spam.test` whitelisted lets the friend through, and
-    an exact entry for `bob+news@x.test` beats one for `bob@x.test`.
+    an exact entry for `bob+news@x.test` beats one for `bob@x.test`. An entry of a list this
+    version does not know (written by a newer one) decides nothing.
     """
     rank_of = {key: len(keys) - index for index, key in enumerate(keys)}
     best: tuple[int, int, Listing] | None = None
     for list_name, key in matches:
+        if list_name not in LIST_KINDS:
+            continue
         rank = (rank_of.get(key, 0), 1 if list_name == BLACK else 0)
         if best is None or rank > best[:2]:
-            best = (*rank, Listing(list_name, key))
+            best = (*rank, Listing(ListKind(list_name), key))
     return best[2] if best else None
 
 
@@ -400,12 +419,16 @@ def classify(message: Incoming, listing: Listing | None) -> Verdict:
         # A confirm, release or accept address (`reason` says which): acted on by its token,
         # never delivered or held as ordinary mail, whoever sent it.
         return Verdict(Action.CONFIRM, reason=action[0], token=action[1])
-    if listing is not None and listing.list_name == BLACK:
-        return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
-    if listing is not None and listing.list_name == WHITE:
-        if whitelisted_but_forged(message, listing):
-            return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
-        return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+    if listing is not None:
+        match listing.list_name:
+            case ListKind.BLACK:
+                return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
+            case ListKind.WHITE:
+                if whitelisted_but_forged(message, listing):
+                    return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
+                return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+            case _:  # every list decides something: mypy finds a kind left out here
+                assert_never(listing.list_name)
     if message.own_digest:
         # Null sender and Auto-Submitted, so any rule below would hold it: the owner would
         # never see the digest that tells him what is held.

@@ -37,7 +37,7 @@ from crtool.web.guard import CSRF_FIELD, check_session_csrf, limit_rate, prefetc
 blueprint = Blueprint("owner", __name__)
 PAGE_SIZE = 50
 GROUP_SIZE = 10
-LIST_NAMES = {"whitelist": policy.WHITE, "blacklist": policy.BLACK}
+LIST_NAMES = policy.LIST_COMMANDS
 ACTIONS = ("release", "release_whitelist", "delete", "delete_blacklist")
 
 

@@ -172,6 +172,18 @@ def test_the_more_specific_entry_wins_whichever_list_it_is_on() -> None:
     assert policy.decide_listing([], keys) is None
 
 
+def test_list_kinds_are_read_from_the_store_text_and_unknown_ones_decide_nothing() -> None:
+    keys = addresses.lookup_keys(TAGGED)
+    found = policy.decide_listing([("white", keys[1])], keys)
+    assert found == policy.Listing(policy.ListKind.WHITE, keys[1])
+    assert found is not None and type(found.list_name) is policy.ListKind
+    # A list of a newer version, even on the most specific key, loses to a known one.
+    assert policy.decide_listing([("grey", keys[0]), ("black", keys[-1])], keys) == \
+        policy.Listing(policy.BLACK, keys[-1])
+    assert policy.decide_listing([("grey", keys[0])], keys) is None
+    assert policy.LIST_COMMANDS == {"whitelist": policy.WHITE, "blacklist": policy.BLACK}
+
+
 WHITE = policy.Listing(policy.WHITE, "bob@remote.test")
 
 
