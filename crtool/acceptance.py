@@ -23,8 +23,7 @@ def incoming(settings: Settings, envelope: Envelope, facts: Facts) -> policy.Inc
         sender_valid=envelope.sender_valid,
         recipient=envelope.recipient,
         facts=facts,
-        owner_address=settings.address,
-        delimiter=settings.delimiter,
+        owner=settings.owner_address,
         authserv_id=settings.authserv_id,
     )
 

@@ -52,8 +52,7 @@ class Incoming:
     sender_valid: bool
     recipient: str
     facts: Facts
-    owner_address: str
-    delimiter: str = "-"
+    owner: addresses.OwnerAddress
     authserv_id: str = ""
     # A digest this crtool mailed to its owner, come back (its signed Message-ID verified).
     own_digest: bool = False
@@ -163,20 +162,13 @@ def _bulk_precedence(m: Incoming) -> bool:
 
 def _own_address(m: Incoming) -> bool:
     """The owner's own address or any extension of it: a challenge would go to ourselves."""
-    owner = addresses.normalize_address(m.owner_address)
-    sender = addresses.normalize_address(m.sender)
-    if sender == owner:
-        return True
-    owner_local, owner_domain = addresses.split_address(owner)
-    local, domain = addresses.split_address(sender)
-    return domain == owner_domain and local.startswith(owner_local + m.delimiter)
+    return m.owner.is_own(m.sender)
 
 
 def _to_confirm_address(m: Incoming) -> bool:
     """Sent to one of the owner's confirm local parts at a domain that is not the owner's, so
     it is no confirmation here; it answers a challenge, and answering it back could loop."""
-    prefix = addresses.confirm_prefix(m.owner_address, m.delimiter)
-    return _local(m.recipient).startswith(prefix)
+    return m.owner.confirm_local(m.recipient)
 
 
 def _list_sender(m: Incoming) -> bool:
@@ -414,7 +406,7 @@ def suppression_reason(message: Incoming) -> str | None:
 def classify(message: Incoming, listing: Listing | None) -> Verdict:
     """Decide one message. Rate limits come after, from `rate_limit_reason`, since they need
     counts that are only worth reading for a message that would be challenged."""
-    action = addresses.parse_action(message.recipient, message.owner_address, message.delimiter)
+    action = message.owner.action(message.recipient)
     if action is not None:
         # A confirm, release or accept address (`reason` says which): acted on by its token,
         # never delivered or held as ordinary mail, whoever sent it.
@@ -468,7 +460,7 @@ def confirm_reply_refusal(facts: Facts, sender: str) -> str | None:
     if sender in ("", "#@[]"):
         return "confirm_from_null_sender"
     probe = Incoming(sender=sender, sender_valid=True, recipient="", facts=facts,
-                     owner_address="")
+                     owner=addresses.OwnerAddress(""))
     if (_auto_submitted(probe) or _bulk_precedence(probe)
             or any(facts.has(h) for h in LIST_HEADERS + CHALLENGE_MARKERS)):
         return "confirm_automated"

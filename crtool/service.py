@@ -104,8 +104,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     the caller (the fast path) has parsed it already: the head is parsed once per delivery."""
     facts = facts if facts is not None else parse_head(raw.head)
     incoming = acceptance.incoming(box.settings, envelope, facts)
-    action = addresses.parse_action(envelope.recipient, box.settings.address,
-                                    box.settings.delimiter)
+    action = incoming.owner.action(envelope.recipient)
     if action is not None:
         word, token = action
         if word == addresses.CONFIRM_WORD:

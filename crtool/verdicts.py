@@ -48,8 +48,7 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
         sender=sender, sender_valid=not sender or valid_mailbox(sender),
         recipient=recipient or settings.address,
         facts=Facts(headers={"from": [sender]}, has_header_block=True),
-        owner_address=settings.address, delimiter=settings.delimiter,
-        authserv_id=settings.authserv_id)
+        owner=settings.owner_address, authserv_id=settings.authserv_id)
     found: dict[str, Any] = {"sender": sender, "list": "", "entry": "", "source": "",
                              "note": "", "reason": ""}
     from crtool import service

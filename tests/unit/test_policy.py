@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from crtool import addresses, policy
+from crtool.addresses import OwnerAddress
 from crtool.message import parse_head
 
 OWNER = "alice@example.test"
@@ -20,7 +21,7 @@ def incoming(head: str = "", sender: str = "bob@remote.test",
              authserv_id: str = MX) -> policy.Incoming:
     text = "From: Bob <bob@remote.test>\nSubject: hi\n" + head
     return policy.Incoming(sender=sender, sender_valid=valid, recipient=recipient,
-                           facts=parse_head(text.encode()), owner_address=OWNER,
+                           facts=parse_head(text.encode()), owner=OwnerAddress(OWNER),
                            authserv_id=authserv_id)
 
 
@@ -64,7 +65,7 @@ TABLE: list[tuple[str, policy.Incoming, str | None]] = [
     ("do_not_reply", incoming(sender="do_not_reply+42@shop.test"), "noreply_sender"),
     ("no_header_block", policy.Incoming("bob@remote.test", True, OWNER,
                                          parse_head(b"garbage without a colon\n\nbody"),
-                                         OWNER), "no_header_block"),
+                                         OwnerAddress(OWNER)), "no_header_block"),
     ("spf_fail", incoming(ar("spf=fail smtp.mailfrom=bob@remote.test")), "spf_fail"),
     ("spf_fail_domain_only", incoming(ar("spf=fail (sender IP 192.0.2.1) "
                                          "smtp.mailfrom=Remote.TEST")), "spf_fail"),
@@ -132,7 +133,7 @@ def test_dmarc_is_judged_on_the_from_domain_not_the_envelope() -> None:
         facts=parse_head(b"From: Bob <bob@remote.test>\n"
                          b"Authentication-Results: mx.example.test 1;\n"
                          b"  dmarc = fail header.from=remote.test\n"),
-        owner_address=OWNER, authserv_id="MX.example.test")
+        owner=OwnerAddress(OWNER), authserv_id="MX.example.test")
     assert policy.suppression_reason(message) == "dmarc_fail"
 
 
