@@ -348,7 +348,7 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         if not args.ids and not args.sender:
             raise UsageError("name held messages (ID…) or senders (--sender S)")
         box = _mailbox(settings)
-        released = service.release_ids(box, args.ids, args.whitelist) if args.ids else []
+        released = service.release(box, args.ids, whitelist=args.whitelist) if args.ids else []
         if args.sender:
             released += service.release_senders(box, args.sender, args.whitelist)
         for pending_id in released:

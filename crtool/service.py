@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
+from typing import assert_never
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -123,6 +124,30 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What delivery would do with one message now: policy's verdict, with the rate limits
+    already applied to a challenge, and the list entry that matched the sender, if any."""
+
+    verdict: policy.Verdict
+    listing: policy.Listing | None
+
+
+def decide(box: Mailbox, incoming: policy.Incoming) -> Decision:
+    """Ask what becomes of a message without delivering it or changing anything: the very
+    list look-up, policy and rate-limit counts `deliver` uses, for `check`, the web pages, the
+    digest or the hub to call."""
+    with transaction(box.engine, write=False) as session:
+        listing = _listing(box, session, incoming.sender)
+        verdict = policy.classify(incoming, listing)
+        if verdict.action is policy.Action.CHALLENGE:
+            sender_key = addresses.unmangle(incoming.sender, box.settings.subaddress_separators)
+            limited = _rate_limited(box, session, sender_key, box.now())
+            if limited is not None:
+                verdict = replace(verdict, action=policy.Action.HOLD, reason=limited)
+    return Decision(verdict, listing)
+
+
 def _own_digest(box: Mailbox, session: Session, envelope: Envelope, facts: Facts) -> bool:
     """Whether this is a digest this crtool mailed to its owner, come back through the MTA
     (null sender, a Message-ID signed for this owner). Only then are the keys loaded, and
@@ -228,9 +253,17 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
 
 def _decided_late(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
                   verdict: policy.Verdict) -> Result:
-    if verdict.action is policy.Action.ACCEPT:
-        return _accept(box, session, envelope, raw, verdict)
-    return _blacklisted(box, session, envelope, verdict)
+    """A list changed between the first look and the write lock: carry out the new verdict."""
+    match verdict.action:
+        case policy.Action.ACCEPT:
+            return _accept(box, session, envelope, raw, verdict)
+        case policy.Action.BLACKLISTED:
+            return _blacklisted(box, session, envelope, verdict)
+        case policy.Action.CONFIRM | policy.Action.CHALLENGE | policy.Action.HOLD:
+            # Action addresses never reach the hold; a hold is carried out by the caller.
+            raise AssertionError(f"{verdict.action} is not decided late")
+        case _:
+            assert_never(verdict.action)
 
 
 def _rate_limited(box: Mailbox, session: Session, sender_key: str, now: int) -> str | None:
@@ -593,20 +626,23 @@ def _held(session: Session, owner: str, ids: Sequence[str]) -> list[Pending]:
     return rows
 
 
-def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
-    """`pending release`: deliver the named held messages; with `whitelist`, also everything
-    else held from their senders, whom it whitelists (note "released by owner")."""
+def release(box: Mailbox, ids: Sequence[str], by: str = OWNER_ACTOR,
+            whitelist: bool = False) -> list[str]:
+    """Deliver the named held messages, all or none (NotFound names the first no longer
+    held); `by` is who released them, as history shows it. With `whitelist`, also everything
+    else held from their senders, whom it whitelists (note "released by owner"). The command
+    line (`pending release`), the web pages and the digest's addresses all call this."""
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
-        released = _release(box, session, rows, now, OWNER_ACTOR)
+        released = _release(box, session, rows, now, by)
         if whitelist:
             for row in rows:
                 _whitelist(box, session, row.sender, RELEASED_SOURCE, now)
         sender_keys = dict.fromkeys(row.sender_key for row in rows)
     if whitelist:
         for sender_key in sender_keys:
-            released += release_held(box, sender_key)
+            released += release_held(box, sender_key, actor=by)
     return released
 
 
@@ -662,7 +698,7 @@ def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> lis
 
 def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Result:
     """Mail to a release or accept address of the owner's digest: exactly `pending release
-    ID` (accept: `pending release ID --whitelist`), through `release_ids`. Any sender may use
+    ID` (accept: `pending release ID --whitelist`), through `release`. Any sender may use
     it, since the token is the secret. It acts once; afterwards, and for anything wrong, it
     changes nothing, sends nothing and is dropped with the reason logged."""
     try:
@@ -684,7 +720,7 @@ def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Res
     released: list[str] = []
     if ids:
         try:
-            released = release_ids(box, ids, whitelist=word == addresses.ACCEPT_WORD)
+            released = release(box, ids, whitelist=word == addresses.ACCEPT_WORD)
         except NotFound:
             pass  # released or deleted since the look above: the token has nothing to do
     if not released:

@@ -53,20 +53,15 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
                              "note": "", "reason": ""}
     from crtool import service
 
-    with transaction(box.engine, write=False) as session:
-        # The very look-up and rate-limit count that delivery makes.
-        listing = service._listing(box, session, sender)
-        verdict = policy.classify(incoming, listing)
-        if listing is not None:
+    # The very look-up, policy and rate-limit count that delivery makes.
+    decision = service.decide(box, incoming)
+    verdict, listing = decision.verdict, decision.listing
+    if listing is not None:
+        with transaction(box.engine, write=False) as session:
             entry = lists.entry(session, box.owner, listing.list_name, listing.key)
-            found.update(list=listing.list_name,
-                         entry=addresses.Pattern(entry.kind, entry.key).text if entry else "",
-                         source=entry.source if entry else "", note=entry.note if entry else "")
-        limited = None
-        if verdict.action is policy.Action.CHALLENGE:
-            limited = service._rate_limited(
-                box, session, addresses.unmangle(sender, settings.subaddress_separators),
-                box.now())
+        found.update(list=listing.list_name,
+                     entry=addresses.Pattern(entry.kind, entry.key).text if entry else "",
+                     source=entry.source if entry else "", note=entry.note if entry else "")
     entry_text = f"{found['list']}list entry {found['entry']}" + (
         f" (added by {ACTORS.get(found['source'], found['source'])})" if found["source"] else "")
     if verdict.action is policy.Action.ACCEPT:
@@ -79,9 +74,6 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
     elif verdict.action is policy.Action.HOLD:
         found.update(verdict="hold without challenge", reason=verdict.reason,
                      why=f"{verdict.reason}: {_RULES.get(verdict.reason, '')}")
-    elif limited is not None:
-        found.update(verdict="hold without challenge", reason=limited,
-                     why=f"{limited}: {_RULES.get(limited, '')}")
     else:
         found.update(verdict="hold and challenge", reason="challenged",
                      why="on neither list; no rule forbids a challenge")
