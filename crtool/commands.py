@@ -30,9 +30,10 @@ from crtool.exits import EXIT_NOT_LISTED, EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
+    from crtool.policy import LIST_COMMANDS
+
     handlers = {
-        "whitelist": address_list,
-        "blacklist": address_list,
+        **dict.fromkeys(LIST_COMMANDS, address_list),
         "pending": pending_command,
         "db": db_command,
         "keys": keys_command,
