@@ -4,20 +4,25 @@ messages only, all or none, and what a hold stores of a message's envelope and h
 
 from __future__ import annotations
 
+import time
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import func, select
 
-from crtool import policy, service
+from crtool import acceptance, policy, service, tokens
 from crtool.addresses import OwnerAddress
-from crtool.errors import NotFound
+from crtool.envelope import Envelope, RawMessage
+from crtool.errors import NotFound, TemporaryFailure
 from crtool.exits import Outcome
-from crtool.message import Facts
+from crtool.message import Facts, parse_head
+from crtool.outbox import SendmailOutbox
 from crtool.store import pending
 from crtool.store.engine import transaction
 from crtool.store.models import Event, Owner
 from tests.integration.test_backscatter import Service
 from tests.integration.test_backscatter import alice as _alice_fixture
-from tests.support import message
+from tests.support import confirm_address_of, message
 
 alice = _alice_fixture
 
@@ -78,8 +83,6 @@ def test_decide_answers_as_delivery_would_and_changes_nothing(alice: Service) ->
 def test_the_global_limit_holds_a_new_sender_too(alice: Service) -> None:
     box = alice.box
     settings = box.settings
-    from dataclasses import replace
-
     limited = replace(box, settings=replace(settings, challenge_global_limit=1))
     _hold(alice, "bob@remote.test")
     alice.challenges(1)
@@ -153,3 +156,255 @@ def test_confirm_makes_the_owner_row_it_locks(alice: Service) -> None:
     assert (result.outcome, result.reason) == (Outcome.DROPPED, "token_unknown")
     with transaction(alice.box.engine, write=False) as session:
         assert session.scalar(select(func.count()).select_from(Owner)) == 1
+
+
+# Mail to the digest's release and accept addresses (owner_action) ---------------------------
+
+def _owner_token(alice: Service, word: str, pending_id: str) -> str:
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, pending_id)
+        assert row is not None
+        return tokens.issue(alice.box.keys(), word, alice.box.owner, row.id, row.sender,
+                            row.received_at)
+
+
+def _to_action(alice: Service, word: str, token: str,
+               sender: str = "anyone@elsewhere.test") -> service.Result:
+    address = f"alice-{word}-{token}@example.test"
+    return alice.deliver(message(sender, "release", to=address), sender, address)
+
+
+def test_a_release_address_releases_its_message_once(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob@remote.test", "two")
+    alice.challenges(1)
+    token = _owner_token(alice, "release", first)
+    result = _to_action(alice, "release", token)
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, first)
+    assert result.detail == f"release by the owner: released 1 message(s): {first}"
+    assert (_status(alice, first), _status(alice, second)) == (pending.RELEASED, pending.HELD)
+    again = _to_action(alice, "release", token)
+    assert (again.outcome, again.reason, again.pending_id) == (Outcome.DROPPED, "token_used",
+                                                               first)
+    assert again.detail == "release address: token_used; dropped"
+    assert _events(alice)[-1] == ("dropped", first, "owner")
+    assert service.decide(alice.box, _incoming("bob@remote.test")).verdict.action is not \
+        policy.Action.ACCEPT
+
+
+def test_an_accept_address_releases_the_sender_and_whitelists_him(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob+x@remote.test", "two")
+    alice.challenges(1)
+    token = _owner_token(alice, "accept", second)
+    result = _to_action(alice, "accept", token)
+    # It acts on the sender's oldest held message, and the rest follow.
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, first)
+    assert result.detail == f"accept by the owner: released 2 message(s): {first} {second}"
+    assert (_status(alice, first), _status(alice, second)) == (pending.RELEASED,
+                                                               pending.RELEASED)
+    assert service.decide(alice.box, _incoming("bob@remote.test")).verdict.action is \
+        policy.Action.ACCEPT
+    assert _to_action(alice, "accept", token).reason == "token_used"
+
+
+def test_an_accept_address_of_an_older_message_is_used_once_it_is_released(
+        alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob@remote.test", "two")
+    alice.challenges(1)
+    token = _owner_token(alice, "accept", first)
+    service.release(alice.box, [first])
+    result = _to_action(alice, "accept", token)
+    assert (result.outcome, result.reason) == (Outcome.DROPPED, "token_used")
+    assert _status(alice, second) == pending.HELD
+
+
+def test_a_bad_action_token_changes_nothing(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    good = _owner_token(alice, "release", held)
+    forged = good[:8] + ("a" if good[8] != "a" else "b") + good[9:]
+    unknown = "a" * 24
+    for token, reason in (("short", "token_malformed"), (forged, "token_forged"),
+                          (unknown, "token_unknown"),
+                          (_owner_token(alice, "accept", held), "token_forged")):
+        result = _to_action(alice, "release", token)
+        assert (result.outcome, result.reason) == (Outcome.DROPPED, reason), token
+    assert _status(alice, held) == pending.HELD
+    alice.clock.now += alice.box.settings.hold_ttl + 301
+    expired = _to_action(alice, "release", good)
+    assert (expired.outcome, expired.reason, expired.pending_id) == (
+        Outcome.DROPPED, "token_expired", held)
+    assert [e for e in _events(alice) if e[0] == "released"] == []
+
+
+# Confirmations ---------------------------------------------------------------------------------
+
+def _confirm_token(alice: Service) -> str:
+    [challenge] = alice.challenges(1)
+    return confirm_address_of(challenge).split("-confirm-")[1].split("@")[0]
+
+
+def test_preview_tells_the_page_what_a_token_names_and_changes_nothing(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    ready = service.preview(alice.box, token)
+    assert ready.state == "ready" and ready.row is not None and ready.row.id == held
+    assert service.preview(alice.box, token.upper()).state == "ready"
+    for bad in ("", "short", "a" * 24, token[:-1] + ("a" if token[-1] != "a" else "b")):
+        assert service.preview(alice.box, bad) == service.Preview("invalid")
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    expired = service.preview(alice.box, token)
+    assert expired.state == "expired" and expired.row is not None
+    alice.clock.now -= alice.box.settings.confirm_ttl + 301
+    assert _status(alice, held) == pending.HELD
+    assert service.confirm(alice.box, token, service.Via.web()).outcome is Outcome.CONFIRMED
+    used = service.preview(alice.box, token)
+    assert used.state == "used" and used.row is not None
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    assert service.preview(alice.box, token).state == "invalid"  # expired and not held
+
+
+def test_an_automated_reply_confirms_nothing(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    address = f"alice-confirm-{token}@example.test"
+    reply = message("bob@remote.test", "Re", headers={"Auto-Submitted": "auto-replied"},
+                    to=address)
+    result = alice.deliver(reply, "bob@remote.test", address)
+    assert (result.outcome, result.reason) == (Outcome.DROPPED, "confirm_automated")
+    assert result.detail == "confirmation refused (confirm_automated); dropped"
+    assert _events(alice)[-1] == ("dropped", "", "")
+    with transaction(alice.box.engine, write=False) as session:
+        last = session.scalars(select(Event).order_by(Event.id.desc())).first()
+        assert last is not None
+        assert (last.reason, last.sender) == ("confirm_automated", "bob@remote.test")
+    assert _status(alice, held) == pending.HELD
+
+
+# The owner's commands ---------------------------------------------------------------------------
+
+def test_delete_with_blacklist_takes_everything_from_the_sender(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob+news@remote.test", "two")
+    other = _hold(alice, "carol@remote.test", "three")
+    alice.challenges(2)
+    # Without --blacklist only the named message goes, and nobody is listed.
+    assert service.delete_ids(alice.box, [other]) == [other]
+    assert service.decide(alice.box, _incoming("carol@remote.test")).listing is None
+    assert service.delete_ids(alice.box, [second], blacklist=True) == [first, second]
+    assert (_status(alice, first), _status(alice, second)) == (pending.DELETED,
+                                                               pending.DELETED)
+    deleted = [(pid, actor) for kind, pid, actor in _events(alice) if kind == "deleted"]
+    assert deleted == [(other, "owner"), (first, "owner"), (second, "owner")]
+    # The person behind the tag is listed, exactly: not his domain.
+    for sender in ("bob+news@remote.test", "bob@remote.test"):
+        decision = service.decide(alice.box, _incoming(sender))
+        assert decision.listing == policy.Listing(policy.BLACK, "bob@remote.test")
+    assert service.decide(alice.box, _incoming("ann@remote.test")).listing is None
+
+
+def test_release_by_sender_releases_everything_held_from_them(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob+x@remote.test", "two")
+    other = _hold(alice, "carol@remote.test", "three")
+    alice.challenges(2)
+    assert service.release_senders(alice.box, ["BOB+y@remote.test"], whitelist=False) == [
+        first, second]
+    assert service.decide(alice.box, _incoming("bob@remote.test")).listing is None
+    with pytest.raises(NotFound, match="nothing held from bob@remote.test, x@y.test"):
+        service.release_senders(alice.box, ["bob@remote.test", "x@y.test"], whitelist=True)
+    assert service.release_senders(alice.box, ["carol@remote.test"], whitelist=True) == [other]
+    assert service.decide(alice.box, _incoming("carol@remote.test")).listing == \
+        policy.Listing(policy.WHITE, "carol@remote.test")
+
+
+def test_list_add_and_remove_say_what_changed(alice: Service) -> None:
+    box = alice.box
+    assert service.list_add(box, policy.WHITE, ["bob@remote.test", "@example.org"], "n") == [
+        ("bob@remote.test", True), ("@example.org", True)]
+    assert service.list_add(box, policy.WHITE, ["BOB@remote.test"], "") == [
+        ("bob@remote.test", False)]
+    assert service.list_remove(box, policy.WHITE, ["bob@remote.test", "x@y.test"]) == (
+        ["bob@remote.test"], ["x@y.test"])
+    assert service.list_remove(box, policy.BLACK, ["@example.org"]) == ([], ["@example.org"])
+    assert service.decide(box, _incoming("z@example.org")).listing == policy.Listing(
+        policy.WHITE, "@example.org")
+
+
+def test_open_mailbox_uses_the_settings_or_what_it_is_given(alice: Service) -> None:
+    settings = alice.box.settings
+    box = service.open_mailbox(settings)
+    try:
+        assert str(box.engine.url) == settings.database_url
+        assert isinstance(box.outbox, SendmailOutbox)
+        assert (box.outbox.command, box.outbox.timeout) == (settings.sendmail,
+                                                            settings.sendmail_timeout)
+        assert box.keys() == alice.box.keys()
+        assert abs(box.now() - time.time()) < 5
+    finally:
+        box.engine.dispose()
+    given = service.open_mailbox(settings, alice.box.engine, lambda: [b"k"], lambda: 7.5)
+    assert (given.engine, given.keys(), given.now(), given.owner) == (
+        alice.box.engine, [b"k"], 7, "alice@example.test")
+
+
+# A verdict that changed under the write lock ------------------------------------------------------
+
+def test_a_list_changed_before_the_lock_is_obeyed(alice: Service) -> None:
+    """Between the first look and the hold's write lock the owner may list the sender: the
+    hold reads the lists again and carries out the new verdict instead."""
+    for list_name, outcome, kind in ((policy.WHITE, Outcome.CONTINUE, "delivered"),
+                                     (policy.BLACK, Outcome.DROPPED, "dropped")):
+        sender = f"{kind}@remote.test"
+        envelope = Envelope(sender, "alice@example.test")
+        raw = RawMessage.from_bytes(message(sender))
+        facts = parse_head(raw.head)
+        incoming = acceptance.incoming(alice.box.settings, envelope, facts)
+        service.list_add(alice.box, list_name, [sender], "")
+        result = service._hold(alice.box, envelope, raw, facts, incoming)
+        assert result.outcome is outcome
+        assert _events(alice)[-1][0] == kind
+    assert alice.files.outbox.drain(0) == []
+
+
+# Challenges sendmail could not take --------------------------------------------------------------
+
+def test_a_challenge_sendmail_refused_is_sent_on_the_retry_then_given_up(
+        alice: Service) -> None:
+    failing = replace(alice.box, outbox=SendmailOutbox("/bin/false", 5))
+    raw = message("bob@remote.test")
+    with pytest.raises(TemporaryFailure, match="exited 1"):
+        service.deliver(failing, Envelope("bob@remote.test", "alice@example.test"),
+                        RawMessage.from_bytes(raw))
+    # The MTA's retry finds the message held and sends the challenge recorded for it.
+    retry = alice.deliver(raw, "bob@remote.test")
+    assert (retry.outcome, retry.reason) == (Outcome.HELD, "challenged")
+    assert retry.detail == f"already held as {retry.pending_id}"
+    alice.challenges(1)
+    assert [k for k, _, _ in _events(alice)] == ["held", "challenged", "challenge_retry"]
+    # Once sent, a further retry sends nothing again.
+    assert alice.deliver(raw, "bob@remote.test").detail == f"already held as {retry.pending_id}"
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_a_challenge_is_tried_three_times_then_the_message_stays_held(alice: Service) -> None:
+    failing = replace(alice.box, outbox=SendmailOutbox("/bin/false", 5))
+    raw = message("bob@remote.test")
+    envelope = Envelope("bob@remote.test", "alice@example.test")
+    for _ in range(policy.CHALLENGE_TRIES):
+        with pytest.raises(TemporaryFailure):
+            service.deliver(failing, envelope, RawMessage.from_bytes(raw))
+    result = service.deliver(failing, envelope, RawMessage.from_bytes(raw))
+    assert (result.outcome, result.reason) == (Outcome.HELD, "challenge_failed")
+    assert result.detail == (f"already held as {result.pending_id}; challenge not sent after "
+                             f"{policy.CHALLENGE_TRIES} tries")
+    assert [k for k, _, _ in _events(alice)] == [
+        "held", "challenged", "challenge_retry", "challenge_retry", "challenge_failed"]
+    assert _status(alice, result.pending_id) == pending.HELD

@@ -169,3 +169,23 @@ def test_the_owner_address_finds_its_action_and_confirm_local_parts() -> None:
         assert not owner.confirm_local(other), other
     assert addresses.OwnerAddress("alice@example.test", ".").confirm_local(
         "alice.confirm.t@x.test")
+
+
+def test_the_owner_address_given_to_init_is_a_plain_address() -> None:
+    for good in ("alice@example.test", "a.b+c@mail.example-1.test", "x" * 64 + "@h.test",
+                 "o'neil@example.test"):
+        assert addresses.parse_owner_address(good) == good
+    for bad in ("*@example.com", "@example.com", "alice", "alice@", "a..b@example.test",
+                ".a@example.test", "x" * 65 + "@h.test", "alice@-bad.test", "alice@bad-.test",
+                "alice@exa mple.test", "alice@" + "a" * 64 + ".test",
+                "a@" + ("b" * 60 + ".") * 5 + "test"):
+        with pytest.raises(UsageError, match="not a plain address"):
+            addresses.parse_owner_address(bad)
+
+
+def test_the_owner_address_may_be_254_characters_and_no_more() -> None:
+    base = "a@" + ".".join(["b" * 63] * 3) + "."
+    longest = base + "c" * (254 - len(base))
+    assert addresses.parse_owner_address(longest) == longest
+    with pytest.raises(UsageError):
+        addresses.parse_owner_address(longest + "c")
