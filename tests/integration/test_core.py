@@ -17,7 +17,7 @@ from crtool.errors import NotFound, TemporaryFailure
 from crtool.exits import Outcome
 from crtool.message import Facts, parse_head
 from crtool.outbox import SendmailOutbox
-from crtool.store import pending
+from crtool.store import lists, pending
 from crtool.store.engine import transaction
 from crtool.store.models import Event, Owner
 from tests.integration.test_backscatter import Service
@@ -334,6 +334,11 @@ def test_list_add_and_remove_say_what_changed(alice: Service) -> None:
     assert service.list_remove(box, policy.WHITE, ["bob@remote.test", "x@y.test"]) == (
         ["bob@remote.test"], ["x@y.test"])
     assert service.list_remove(box, policy.BLACK, ["@example.org"]) == ([], ["@example.org"])
+    unlisted = _last_event(alice)
+    assert (unlisted.kind, unlisted.at) == ("unlisted", alice.clock.now)
+    with transaction(box.engine, write=False) as session:
+        entry = lists.entry(session, box.owner, policy.WHITE, "@example.org")
+        assert entry is not None and entry.note == "n"
     assert service.decide(box, _incoming("z@example.org")).listing == policy.Listing(
         policy.WHITE, "@example.org")
 
@@ -360,26 +365,39 @@ def test_open_mailbox_uses_the_settings_or_what_it_is_given(alice: Service) -> N
 def test_a_list_changed_before_the_lock_is_obeyed(alice: Service) -> None:
     """Between the first look and the hold's write lock the owner may list the sender: the
     hold reads the lists again and carries out the new verdict instead."""
-    for list_name, outcome, kind in ((policy.WHITE, Outcome.CONTINUE, "delivered"),
+    box = replace(alice.box, settings=replace(alice.box.settings, delivery="maildir"))
+    for list_name, outcome, kind in ((policy.WHITE, Outcome.DELIVERED, "delivered"),
                                      (policy.BLACK, Outcome.DROPPED, "dropped")):
         sender = f"{kind}@remote.test"
         envelope = Envelope(sender, "alice@example.test")
         raw = RawMessage.from_bytes(message(sender))
         facts = parse_head(raw.head)
-        incoming = acceptance.incoming(alice.box.settings, envelope, facts)
-        service.list_add(alice.box, list_name, [sender], "")
-        result = service._hold(alice.box, envelope, raw, facts, incoming)
+        incoming = acceptance.incoming(box.settings, envelope, facts)
+        service.list_add(box, list_name, [sender], "")
+        result = service._hold(box, envelope, raw, facts, incoming)
         assert result.outcome is outcome
         assert _events(alice)[-1][0] == kind
     assert alice.files.outbox.drain(0) == []
+    [delivered] = alice.files.maildir_messages()
+    assert delivered.endswith(message("delivered@remote.test"))
 
 
 # Challenges sendmail could not take --------------------------------------------------------------
 
+def _last_event(alice: Service) -> Event:
+    with transaction(alice.box.engine, write=False) as session:
+        last = session.scalars(select(Event).order_by(Event.id.desc())).first()
+        assert last is not None
+        session.expunge(last)
+        return last
+
+
 def test_a_challenge_sendmail_refused_is_sent_on_the_retry_then_given_up(
         alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(alice.box.settings,
+                                                    challenge_excerpt_lines=2))
     failing = replace(alice.box, outbox=SendmailOutbox("/bin/false", 5))
-    raw = message("bob@remote.test")
+    raw = message("bob@remote.test", body="First line of the body\nsecond\n")
     with pytest.raises(TemporaryFailure, match="exited 1"):
         service.deliver(failing, Envelope("bob@remote.test", "alice@example.test"),
                         RawMessage.from_bytes(raw))
@@ -387,8 +405,12 @@ def test_a_challenge_sendmail_refused_is_sent_on_the_retry_then_given_up(
     retry = alice.deliver(raw, "bob@remote.test")
     assert (retry.outcome, retry.reason) == (Outcome.HELD, "challenged")
     assert retry.detail == f"already held as {retry.pending_id}"
-    alice.challenges(1)
+    [challenge] = alice.challenges(1)
+    assert "First line of the body" in challenge.as_string()
     assert [k for k, _, _ in _events(alice)] == ["held", "challenged", "challenge_retry"]
+    retried = _last_event(alice)
+    assert (retried.reason, retried.sender, retried.pending_id) == (
+        "", "bob@remote.test", retry.pending_id)
     # Once sent, a further retry sends nothing again.
     assert alice.deliver(raw, "bob@remote.test").detail == f"already held as {retry.pending_id}"
     assert alice.files.outbox.drain(0) == []
@@ -407,4 +429,8 @@ def test_a_challenge_is_tried_three_times_then_the_message_stays_held(alice: Ser
                              f"{policy.CHALLENGE_TRIES} tries")
     assert [k for k, _, _ in _events(alice)] == [
         "held", "challenged", "challenge_retry", "challenge_retry", "challenge_failed"]
+    failed = _last_event(alice)
+    assert (failed.owner, failed.at, failed.reason, failed.sender, failed.pending_id) == (
+        "alice@example.test", alice.clock.now, "challenge_failed", "bob@remote.test",
+        result.pending_id)
     assert _status(alice, result.pending_id) == pending.HELD

@@ -173,6 +173,12 @@ def test_rotation_keeps_a_key_exactly_as_long_as_its_tokens_can_verify() -> None
     assert kept[-1].created == boundary and len(kept[-1].secret) == tokens.KEY_BYTES
     dropped = tokens.rotated(ring, boundary + 1, TTL)
     assert [k.secret for k in dropped[:1]] == [KEY_B] and len(dropped) == 2
+    # Each key is judged by its own successor: the oldest goes, the one after it stays.
+    key_c = bytes(range(64, 96))
+    three = [tokens.Key(T0 - 3 * TTL, KEY_A), tokens.Key(T0 - 2 * TTL, KEY_B),
+             tokens.Key(T0, key_c)]
+    assert [k.secret for k in tokens.rotated(three, T0 + 10, TTL)[:2]] == [KEY_B, key_c]
+    assert len(tokens.rotated(three, T0 + 10, TTL)) == 3
     # The newest key is always kept, however old, and the order of the input does not matter.
     assert [k.secret for k in tokens.rotated(ring[::-1], T0 + 100 * TTL, TTL)[:1]] == [KEY_B]
     assert tokens.rotated([], T0, TTL)[0].created == T0
