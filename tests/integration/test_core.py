@@ -434,3 +434,72 @@ def test_a_challenge_is_tried_three_times_then_the_message_stays_held(alice: Ser
         "alice@example.test", alice.clock.now, "challenge_failed", "bob@remote.test",
         result.pending_id)
     assert _status(alice, result.pending_id) == pending.HELD
+
+
+def test_a_release_address_names_its_own_message_not_the_oldest(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob@remote.test", "two")
+    alice.challenges(1)
+    result = _to_action(alice, "release", _owner_token(alice, "release", second))
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, second)
+    assert (_status(alice, first), _status(alice, second)) == (pending.HELD, pending.RELEASED)
+    unknown = _to_action(alice, "release", "b" * 24)
+    assert (unknown.reason, unknown.pending_id) == ("token_unknown", "")
+
+
+def test_an_accept_address_of_the_only_held_message_acts(alice: Service) -> None:
+    only = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    result = _to_action(alice, "accept", _owner_token(alice, "accept", only))
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, only)
+
+
+def test_an_expired_confirmation_gets_one_fresh_challenge_within_the_limits(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(
+        alice.box.settings, challenge_excerpt_lines=1, challenge_window=3600))
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    # The window is over, so one more challenge is allowed; it quotes the held message.
+    first = service.confirm(alice.box, token, service.Via.web())
+    assert (first.outcome, first.reason, first.pending_id) == (Outcome.DROPPED,
+                                                               "token_expired", held)
+    assert first.detail == ("confirm token expired; fresh challenge sent to bob@remote.test; "
+                            "dropped")
+    [fresh] = alice.challenges(1)
+    assert "Hi Alice" in fresh.as_string()
+    # The fresh challenge's time is the row's: the old token no longer verifies at all.
+    assert service.confirm(alice.box, token, service.Via.web()).reason == "token_forged"
+    new_token = confirm_address_of(fresh).split("-confirm-")[1].split("@")[0]
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    strict = replace(alice.box, settings=replace(alice.box.settings, challenge_limit=0))
+    limited = service.confirm(strict, new_token, service.Via.web())
+    assert limited.detail == ("confirm token expired; no fresh challenge (sender_rate_limit); "
+                              "dropped")
+    service.list_add(alice.box, policy.BLACK, ["bob@remote.test"], "")
+    blacklisted = service.confirm(alice.box, new_token, service.Via.web())
+    assert blacklisted.detail == ("confirm token expired; sender now blacklisted, no fresh "
+                                  "challenge; dropped")
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_release_by_several_senders_releases_each(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    second = _hold(alice, "carol@remote.test", "two")
+    alice.challenges(2)
+    assert sorted(service.release_senders(alice.box, ["bob@remote.test", "carol@remote.test"],
+                                          whitelist=True)) == sorted([first, second])
+
+
+def test_a_deleted_message_is_stamped_and_logged_plainly(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    alice.clock.now += 60
+    service.delete_ids(alice.box, [held])
+    deleted = _last_event(alice)
+    assert (deleted.kind, deleted.reason, deleted.at) == ("deleted", "", alice.clock.now)
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, held)
+        assert row is not None and row.released_at == alice.clock.now

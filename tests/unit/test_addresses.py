@@ -189,3 +189,23 @@ def test_the_owner_address_may_be_254_characters_and_no_more() -> None:
     assert addresses.parse_owner_address(longest) == longest
     with pytest.raises(UsageError):
         addresses.parse_owner_address(longest + "c")
+
+
+def test_a_refused_pattern_is_named_in_the_error() -> None:
+    for text, hint in (("", False), ("a b@x.test", False), ("@*.x.test", False),
+                       ("*@*.x*.test", False), ("@x@y.test", False), ("<bob@x.test", True),
+                       ("bob@*.x.test", True), ("bob@", True)):
+        with pytest.raises(UsageError) as caught:
+            addresses.parse_pattern(text)
+        assert str(caught.value).startswith(f"not a pattern: {text!r}"), text
+        assert ("use bob@example.com, @example.com or *@*.example.com" in str(caught.value)) \
+            is hint, text
+
+
+def test_a_pattern_may_be_254_characters_and_no_more() -> None:
+    base = "a@" + ".".join(["b" * 63] * 3) + "."
+    longest = base + "c" * (254 - len(base))
+    assert addresses.parse_pattern(longest).key == longest
+    assert addresses.parse_pattern("@" + longest[2:]).key == "@" + longest[2:]
+    with pytest.raises(UsageError):
+        addresses.parse_pattern(longest + "c")
