@@ -307,3 +307,14 @@ def test_authentication_results_below_500_padding_headers_still_count() -> None:
     fake = "".join(ar("spf=pass smtp.mailfrom=remote.test", "evil.test") for _ in range(50))
     head = padding + fake + ar("spf=fail smtp.mailfrom=remote.test")
     assert policy.suppression_reason(incoming(head)) == "spf_fail"
+
+
+def test_dkim_and_spf_domains_are_compared_without_case_or_the_root_dot() -> None:
+    for result in ("dkim=pass header.d=Remote.TEST.", "dkim=pass header.i=@Remote.test",
+                   "dkim=pass header.i=REMOTE.test.", "dkim=pass header.d=test."):
+        assert policy.dkim_passed_for(incoming(ar(result)), "remote.test"), result
+    for result in ("dkim=pass header.d=.remote.test", "dkim=pass header.i=x",
+                   "dkim=pass header.b=abc", "dkim=pass header.d=mote.test"):
+        assert not policy.dkim_passed_for(incoming(ar(result)), "remote.test"), result
+    assert policy.spf_failed(incoming(ar("spf=fail smtp.mailfrom=REMOTE.test.")))
+    assert not policy.spf_failed(incoming(ar("spf=fail smtp.mailfrom=.remote.test")))
