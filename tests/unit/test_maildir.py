@@ -106,13 +106,20 @@ def test_a_named_delivery_happens_once_whether_new_or_read(tmp_path: Path) -> No
 
 def test_unnamed_deliveries_get_distinct_names_in_one_instant(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(maildir.time, "time", lambda: 1_800_000_000.25)
+    monkeypatch.setattr(maildir.time, "time", lambda: 1_800_000_001.999999)
     monkeypatch.setattr(maildir.socket, "gethostname", lambda: "mx/1:2")
     box = tmp_path / "Maildir"
     paths = [maildir.deliver(box, [b"%d" % n]) for n in range(3)]
     assert len({p.name for p in paths}) == 3
     for path in paths:
         seconds, rest = path.name.split(".", 1)
-        assert seconds == "1800000000"
-        assert rest.startswith(f"M250000P{os.getpid()}Q")
+        assert seconds == "1800000001"  # the microseconds of the same second follow
+        assert rest.startswith(f"M999999P{os.getpid()}Q")
         assert path.name.endswith(".mx\\0571\\0722")
+
+
+def test_a_maildir_whose_parents_are_missing_is_made(tmp_path: Path) -> None:
+    box = tmp_path / "home" / "mail" / "Maildir"
+    path = maildir.deliver(box, [b"x"])
+    assert path.parent == box / "new" and path.read_bytes() == b"x"
+    assert sorted(p.name for p in box.iterdir()) == ["cur", "new", "tmp"]
