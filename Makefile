@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint typecheck bench man clean
+.PHONY: demo test lint typecheck bench man mutate clean
 
 # The virtual environment, with crtool and the test tools installed into it.
 $(BIN)/.installed: pyproject.toml
@@ -30,9 +30,16 @@ typecheck: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
+# Mutation testing of policy, tokens, addresses, service and maildir (pyproject's [tool.mutmut]
+# names the tests). Not part of `make test` or CI: it takes a long while on two cores.
+MUTATE_CHILDREN ?= 2
+mutate: $(BIN)/.installed
+	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN)
+	$(BIN)/mutmut results
+
 # crtool(1) from the argparse parser (tests/unit/test_manpage.py fails when it is stale).
 man: $(BIN)/.installed
 	$(BIN)/python -m crtool.manpage man/crtool.1
 
 clean:
-	rm -rf $(VENV) dist build .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) dist build .pytest_cache .ruff_cache .mypy_cache .hypothesis mutants

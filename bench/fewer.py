@@ -110,7 +110,7 @@ def _time(work: Callable[[], object], repeat: int, rounds: int) -> float:
 
 def lookups(db: Path, repeat: int, rounds: int, cases: dict[str, tuple[str, bytes]]
             ) -> dict[str, dict[str, float]]:
-    from crtool import entries, fastpath, policy
+    from crtool import addresses, entries, fastpath, policy
     from crtool.envelope import Envelope
     from crtool.message import parse_head
     from crtool.store import lists
@@ -121,7 +121,7 @@ def lookups(db: Path, repeat: int, rounds: int, cases: dict[str, tuple[str, byte
     for name, (sender, head) in cases.items():
         facts = parse_head(head)
         message = policy.Incoming(sender=sender, sender_valid=True, recipient=OWNER,
-                                  facts=facts, owner_address=OWNER)
+                                  facts=facts, owner=addresses.OwnerAddress(OWNER))
         query = entries.query(sender, facts)
         with transaction(engine, write=False) as session:
             found = lists.listing_for(session, OWNER, message)
@@ -151,7 +151,7 @@ def pg_lookups(url: str, sizes: list[int], repeat: int, rounds: int) -> dict[str
 
     from sqlalchemy import create_engine, make_url, text
 
-    from crtool import policy
+    from crtool import addresses, policy
     from crtool.message import parse_head
     from crtool.store import lists, schema
     from crtool.store.engine import make_engine, transaction
@@ -191,7 +191,8 @@ def pg_lookups(url: str, sizes: list[int], repeat: int, rounds: int) -> dict[str
             figures: dict[str, float] = {}
             for case, (sender, head) in _cases().items():
                 message = policy.Incoming(sender=sender, sender_valid=True, recipient=OWNER,
-                                          facts=parse_head(head), owner_address=OWNER)
+                                          facts=parse_head(head),
+                                          owner=addresses.OwnerAddress(OWNER))
                 with transaction(engine, write=False) as session:
                     found = lists.listing_for(session, OWNER, message)
                     assert (found is not None) == (case != "miss"), (case, found)

@@ -306,3 +306,36 @@ def parse_confirm(recipient: str, owner_address: str, delimiter: str) -> str | N
     if found is None or found[0] != CONFIRM_WORD:
         return None
     return found[1]
+
+
+@dataclass(frozen=True)
+class OwnerAddress:
+    """The owner's address as everything that compares mail with it sees it: the address, and
+    the delimiter its extensions and its confirm, release and accept addresses are made with.
+    One value, built from the settings in one place (`Settings.owner_address`), so a question
+    about "the owner's address" has one answer whichever module asks it."""
+
+    address: str
+    delimiter: str = "-"
+
+    def is_own(self, sender: str) -> bool:
+        """The owner's own address or any extension of it: a challenge would go to ourselves."""
+        owner = normalize_address(self.address)
+        sender = normalize_address(sender)
+        if sender == owner:
+            return True
+        owner_local, owner_domain = split_address(owner)
+        local, domain = split_address(sender)
+        return domain == owner_domain and local.startswith(owner_local + self.delimiter)
+
+    def action(self, recipient: str) -> tuple[str, str] | None:
+        """(word, token) when `recipient` is one of the owner's confirm, release or accept
+        addresses (`parse_action`), else None."""
+        return parse_action(recipient, self.address, self.delimiter)
+
+    def confirm_local(self, recipient: str) -> bool:
+        """Whether `recipient`'s local part is one of the owner's confirm local parts, at any
+        domain."""
+        local = split_address(recipient)[0].lower()
+        return local.startswith(confirm_prefix(self.address, self.delimiter))
+

@@ -11,6 +11,14 @@ import os
 import sys
 
 from crtool.errors import BadToken, NotFound, TemporaryFailure, UsageError
+from crtool.exits import (
+    EX_TEMPFAIL,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_USAGE,
+)
 from crtool.profiles import MTA_PROFILES as MTA_CHOICES
 
 # Without importing typing: deliver's client path starts faster without it.
@@ -22,12 +30,6 @@ if TYPE_CHECKING:
 
     from crtool.client import Request
 
-EXIT_OK = 0
-EXIT_NOT_LISTED = 1
-EXIT_USAGE = 2
-EXIT_NOT_FOUND = 3
-EXIT_ENVIRONMENT = 4
-EX_TEMPFAIL = 75
 
 
 EXAMPLES = """\
@@ -129,8 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="exit after this long without a delivery, e.g. 10m "
                        "(default: run until stopped)")
 
-    _add_list_commands(sub, "whitelist")
-    _add_list_commands(sub, "blacklist")
+    from crtool.policy import ListKind
+
+    for kind in ListKind:
+        _add_list_commands(sub, kind.command)
 
     pend = sub.add_parser(
         "pending", help="the held messages",
@@ -541,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.close()
         return EXIT_OK
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - one line, never a traceback unless --debug
         return _fail(args, error, f"error: {_describe(error)}", EXIT_ENVIRONMENT)
 

@@ -27,16 +27,14 @@ from crtool.config import (
     settings_from_mapping,
 )
 from crtool.errors import NotFound, UsageError
-
-EXIT_OK = 0
-EXIT_NOT_LISTED = 1
-LIST_NAMES = {"whitelist": "white", "blacklist": "black"}
+from crtool.exits import EXIT_NOT_LISTED, EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
+    from crtool.policy import LIST_COMMANDS
+
     handlers = {
-        "whitelist": address_list,
-        "blacklist": address_list,
+        **dict.fromkeys(LIST_COMMANDS, address_list),
         "pending": pending_command,
         "db": db_command,
         "keys": keys_command,
@@ -194,10 +192,11 @@ def _database_is_gone(settings: Settings) -> bool:
 # whitelist / blacklist ------------------------------------------------------------------------
 
 def address_list(settings: Settings, args: argparse.Namespace) -> int:
+    from crtool.policy import LIST_COMMANDS
     from crtool.store import lists
     from crtool.store.engine import transaction
 
-    list_name = LIST_NAMES[args.command]
+    list_name = LIST_COMMANDS[args.command]
     owner = settings.owner
     if args.verb in ("add", "remove"):
         from crtool import service
@@ -360,7 +359,7 @@ def pending_command(settings: Settings, args: argparse.Namespace) -> int:
         if not args.ids and not args.sender:
             raise UsageError("name held messages (ID…) or senders (--sender S)")
         box = _mailbox(settings)
-        released = service.release_ids(box, args.ids, args.whitelist) if args.ids else []
+        released = service.release(box, args.ids, whitelist=args.whitelist) if args.ids else []
         if args.sender:
             released += service.release_senders(box, args.sender, args.whitelist)
         for pending_id in released:
@@ -526,7 +525,7 @@ STAT_KINDS = ("delivered", "held", "challenged", "confirmed", "released", "dropp
 
 
 def stats_command(settings: Settings, args: argparse.Namespace) -> int:
-    from crtool import fastpath
+    from crtool import tally
     from crtool.store import log
     from crtool.store.engine import transaction
 
@@ -534,7 +533,7 @@ def stats_command(settings: Settings, args: argparse.Namespace) -> int:
         counts = log.event_counts(session, settings.owner)
     totals = {kind: 0 for kind in STAT_KINDS}
     # Whitelisted mail accepted by deliver's fast read path is tallied beside the database.
-    totals["delivered"] = fastpath.tallied_deliveries(settings.home)
+    totals["delivered"] = tally.tallied_deliveries(settings.home)
     reasons: dict[str, dict[str, int]] = {"held": {}, "dropped": {}}
     for (kind, reason), n in counts.items():
         totals[kind] = totals.get(kind, 0) + n

@@ -11,10 +11,13 @@ import os
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crtool.errors import TemporaryFailure
 from crtool.profiles import MTA_PROFILES
+
+if TYPE_CHECKING:
+    from crtool.addresses import OwnerAddress
 
 CONFIG_NAME = "config.toml"
 KEYS_NAME = "keys"
@@ -126,6 +129,13 @@ class Settings:
     def owner(self) -> str:
         """The owner key every row carries: the base address, lowercased."""
         return self.address.lower()
+
+    @property
+    def owner_address(self) -> OwnerAddress:
+        """The owner's address as policy and delivery compare mail with it."""
+        from crtool.addresses import OwnerAddress
+
+        return OwnerAddress(self.address, self.delimiter)
 
     def web_link(self, path: str) -> str:
         """The outside URL of a page of `crtool web` ("c/TOKEN", "login/TOKEN"), or "" when

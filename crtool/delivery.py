@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Answer:
-    """The outcome of one delivery: the exit profile (or "sysexits" when it is only guessed),
+    """The outcome of one delivery: the exit profile (exits.GUESSED when it is only guessed),
     exits.Outcome's value, and why."""
 
     mta: str
@@ -40,13 +40,8 @@ class Answer:
 def status(answer: Answer) -> tuple[int, str]:
     """The exit code and the stderr line ("" for none) for an Answer (contract §2)."""
     outcome = Outcome(answer.outcome)
-    if answer.mta == "sysexits":
-        code = 75 if outcome is Outcome.TEMPFAIL else exits.code(outcome, "postfix")
-        line = exits.stderr_line(outcome, "postfix", answer.detail)
-    else:
-        code = exits.code(outcome, answer.mta)
-        line = exits.stderr_line(outcome, answer.mta, answer.detail)
-    return code, line or ""
+    line = exits.stderr_line(outcome, answer.mta, answer.detail)
+    return exits.code(outcome, answer.mta), line or ""
 
 
 def failure(request: Request, error: BaseException) -> Answer:
@@ -77,16 +72,8 @@ class OneShot:
 
     def mailbox(self, settings: Settings) -> Mailbox:
         from crtool import service
-        from crtool.outbox import SendmailOutbox
-        from crtool.store.engine import make_engine
-        from crtool.tokens import load_keys, secrets_of
 
-        return service.Mailbox(
-            settings=settings,
-            engine=make_engine(settings.database_url, timeout=settings.database_timeout),
-            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-            keys=lambda: secrets_of(load_keys(settings.keys_path)),
-        )
+        return service.open_mailbox(settings)
 
 
 def guess_mta(request: Request) -> str:
@@ -97,7 +84,7 @@ def guess_mta(request: Request) -> str:
         return request.mta
     if b"DTLINE" in request.environ or b"RPLINE" in request.environ:
         return "qmail"
-    return "sysexits"
+    return exits.GUESSED
 
 
 def describe(error: BaseException) -> str:
@@ -144,12 +131,12 @@ def handle(home: Path, request: Request, stream: BinaryIO, resources: Resources,
                               limit=settings.max_message_size)
         facts = parse_head(raw.head)  # once per delivery: both paths read these
         if fast:
-            from crtool import fastpath
+            from crtool import acceptance, fastpath, tally
 
             key = fastpath.whitelisted(settings, envelope, facts)
             if key is not None:
-                outcome, detail = fastpath.accept(settings, envelope, raw, key)
-                fastpath.count_delivery(settings.home)
+                outcome, detail = acceptance.accept(settings, envelope, raw, key)
+                tally.count_delivery(settings.home)
                 return Answer(mta, outcome.value, detail)
         from crtool import service
 

@@ -43,7 +43,7 @@ from crtool.addresses import (
 )
 from crtool.errors import UsageError
 from crtool.message import Facts
-from crtool.policy import BLACK, Listing
+from crtool.policy import BLACK, LIST_KINDS, Listing, ListKind
 
 # A List-Id's id (RFC 2919: a dot-atom); kept to what any list manager writes.
 _LIST_ID = re.compile(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
@@ -212,6 +212,8 @@ def decide(rows: Iterable[tuple[str, str]], q: Query, from_trusted: bool = True)
     when the From: header is not to be trusted (`from_trusted` False: DMARC failed)."""
     best: tuple[int, int, Listing] | None = None
     for list_name, key in rows:
+        if list_name not in LIST_KINDS:  # a list a newer version keeps decides nothing
+            continue
         rank = _rank(q, key)
         if rank is None:
             continue
@@ -219,7 +221,7 @@ def decide(rows: Iterable[tuple[str, str]], q: Query, from_trusted: bool = True)
             continue
         candidate = (rank, 1 if list_name == BLACK else 0)
         if best is None or candidate > best[:2]:
-            best = (*candidate, Listing(list_name, key))
+            best = (*candidate, Listing(ListKind(list_name), key))
     return best[2] if best else None
 
 

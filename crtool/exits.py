@@ -1,10 +1,26 @@
-"""Outcome -> exit code and the one stderr line, per MTA profile, in one place (contract §2)."""
+"""Every exit code crtool speaks, in one place (contract §2): a delivery's Outcome per MTA
+profile, with its one stderr line, and the codes of the other commands."""
 
 from __future__ import annotations
 
 import enum
 
 from crtool.profiles import MTA_PROFILES
+
+# The commands other than `deliver`.
+EXIT_OK = 0
+EXIT_NOT_LISTED = 1  # `check`, `whitelist check`: the sender is on no list
+EXIT_NOT_ACCEPTED = 1  # `address check`: mail to that address would not pass unasked
+EXIT_NOTHING_READ = 1  # `learn`, `simulate`: not one source could be read
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_ENVIRONMENT = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+# sysexits.h EX_TEMPFAIL: a retry under qmail and Postfix alike (qmail's 111 would bounce under
+# Postfix), so the code of a delivery broken before its profile is known.
+EX_TEMPFAIL = 75
+# The profile of such a delivery: the sysexits codes, whichever MTA it turns out to be.
+GUESSED = "sysexits"
 
 
 class Outcome(enum.Enum):
@@ -35,7 +51,7 @@ _SYSEXITS = {
     Outcome.DROPPED: 0,
     Outcome.CONFIRMED: 0,
     Outcome.BOUNCED: 77,
-    Outcome.TEMPFAIL: 75,
+    Outcome.TEMPFAIL: EX_TEMPFAIL,
 }
 _STATUS = {Outcome.TEMPFAIL: "4.3.0", Outcome.BOUNCED: "5.7.1"}
 
@@ -56,9 +72,13 @@ def is_qmail(mta: str) -> bool:
 
 
 def code(outcome: Outcome, mta: str) -> int:
-    if mta not in MTA_PROFILES:
-        mta = "qmail"
-    return (_QMAIL if is_qmail(mta) else _SYSEXITS)[outcome]
+    """The exit code of `outcome` under profile `mta`; ValueError for a profile crtool does not
+    know (config.py and the command line refuse one before a delivery gets here)."""
+    if is_qmail(mta):
+        return _QMAIL[outcome]
+    if mta in MTA_PROFILES or mta == GUESSED:
+        return _SYSEXITS[outcome]
+    raise ValueError(f"unknown MTA profile {mta[:40]!r}")
 
 
 def stderr_line(outcome: Outcome, mta: str, detail: str) -> str | None:

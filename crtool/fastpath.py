@@ -1,38 +1,28 @@
-"""The whitelisted check without SQLAlchemy (contract §10), and the acceptance both paths share.
+"""The whitelisted check without SQLAlchemy (contract §10).
 
 Most mail of a mature installation comes from whitelisted senders, and importing SQLAlchemy costs
 about 170 ms per process. So for a SQLite database `deliver` first asks the list through the
 standard library's `sqlite3`, read-only (`mode=ro`), with the text SQLAlchemy compiles from
 `store.lists.match_statement` (kept here as a constant; tests/unit/test_fastpath.py proves it is
 still what SQLAlchemy compiles, so the schema keeps one source of truth). The decision itself is
-`policy.classify`, the same function the full path calls.
+`policy.classify` over `acceptance.incoming`, as on the full path, and what it accepts goes
+through `acceptance.accept`, as there.
 
 Only a plain "whitelisted" is decided here. A blacklisted or unknown sender, a confirm reply, a
 null sender, another database, or any error on the way returns None, and the full path
 (SQLAlchemy, `service.deliver`) decides again from scratch: the fast path can only skip work,
-never change an outcome.
-
-How it counts what it accepts: the full path records a "delivered" event per message, but that
-is a write, and every write goes through SQLAlchemy (contract §10), the very import this path
-avoids; writing the event through `sqlite3` would be a second implementation of the store. So
-the fast path appends one byte to HOME/delivered.tally instead (O_APPEND: concurrent deliveries
-never lose each other's byte), and `stats` adds the file's size to the events it counts. The
-count stays exact; what the tally does not keep is the event's time, sender and matching key,
-which `stats` does not show. The byte is not fsynced and a failure to write it is ignored: a
-count is not worth a retry of a message that is already accepted.
+never change an outcome. What it accepts is counted in tally.py, for `stats`.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
-from crtool import entries, policy
+from crtool import acceptance, entries, policy
 from crtool.config import Settings
-from crtool.envelope import Envelope, RawMessage
-from crtool.exits import Outcome
-from crtool.message import Facts, clean_text
+from crtool.envelope import Envelope
+from crtool.message import Facts
 
 # str(lists.match_statement(owner, keys).compile(dialect=sqlite)), with the expanding IN
 # parameter as SQLAlchemy leaves it before the number of keys is known.
@@ -52,9 +42,6 @@ ENTRY_SQL = (
 )
 _PROBE_PLACEHOLDER = "__[POSTCOMPILE_probe_1]"
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
-TALLY_NAME = "delivered.tally"
-# Not crtool.private: this path imports as little as it can.
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def match_sql(count: int) -> str:
@@ -112,19 +99,6 @@ def lookup(path: Path, owner: str, keys: list[str], timeout: float = 30.0,
     return [(str(row[0]), str(row[1])) for row in rows]
 
 
-def incoming(settings: Settings, envelope: Envelope, facts: Facts) -> policy.Incoming:
-    """What policy needs to know of one message; built alike by both paths."""
-    return policy.Incoming(
-        sender=envelope.sender,
-        sender_valid=envelope.sender_valid,
-        recipient=envelope.recipient,
-        facts=facts,
-        owner_address=settings.address,
-        delimiter=settings.delimiter,
-        authserv_id=settings.authserv_id,
-    )
-
-
 def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | None:
     """The whitelist key that accepts this message, or None when the fast path cannot say so
     (see the module docstring). `facts` are the message's head, parsed once by the caller,
@@ -143,63 +117,9 @@ def whitelisted(settings: Settings, envelope: Envelope, facts: Facts) -> str | N
                              float(settings.database_timeout), query.probes)
     if rows is None:
         return None
-    message = incoming(settings, envelope, facts)
+    message = acceptance.incoming(settings, envelope, facts)
     verdict = policy.classify(message, entries.decide(
         rows, query, from_trusted=not policy.dmarc_failed(message)))
     if verdict.action is not policy.Action.ACCEPT or verdict.listing is None:
         return None
     return verdict.listing.key
-
-
-def trace_prefix(row_mta: str, sender: str, recipient: str) -> bytes:
-    """Return-Path and Delivered-To as qmail's own delivery writes them. A message taken from
-    Postfix already carries them (contract §3), so it gets none; one taken over LMTP does not,
-    so it gets them as any delivery agent writes them."""
-    if row_mta not in ("qmail", "lmtp"):
-        return b""
-    lines = (f"Return-Path: <{clean_text(sender, 320)}>\n"
-             f"Delivered-To: {clean_text(recipient, 320)}\n")
-    return lines.encode("utf-8", "replace")
-
-
-def accept(settings: Settings, envelope: Envelope, raw: RawMessage,
-           key: str) -> tuple[Outcome, str]:
-    """Carry out "whitelisted": let the MTA's next line deliver, or write the Maildir.
-
-    Side effect with `delivery = "maildir"`: one new file in the Maildir (or one LMTP
-    transaction downstream, see onward.py). Both the fast path and `service` call this, so
-    accepted mail goes the same way whichever decided.
-    """
-    if settings.delivery == "continue":
-        return Outcome.CONTINUE, f"whitelisted ({key})"
-    from crtool import onward
-
-    prefix = trace_prefix(settings.mta, envelope.sender, envelope.recipient)
-    where = onward.deliver(settings, envelope.sender, envelope.recipient, raw.chunks(), prefix)
-    return Outcome.DELIVERED, f"whitelisted ({key}); {where}"
-
-
-def count_delivery(home: Path) -> None:
-    """Add one to the fast path's tally of accepted messages (one byte, appended).
-
-    Side effect: HOME/delivered.tally grows by one byte; errors are ignored (see above).
-    """
-    try:
-        fd = os.open(home / TALLY_NAME,
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o600)
-    except OSError:
-        return
-    try:
-        os.write(fd, b".")
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def tallied_deliveries(home: Path) -> int:
-    """How many messages the fast path accepted: the tally's size, for `stats`."""
-    try:
-        return (home / TALLY_NAME).stat().st_size
-    except OSError:
-        return 0

@@ -15,9 +15,7 @@ from typing import Any
 from crtool import terminal
 from crtool.config import CONFIG_NAME, Settings, format_duration, parse_duration
 from crtool.errors import UsageError
-
-EXIT_OK = 0
-EXIT_NOTHING_READ = 1
+from crtool.exits import EXIT_NOTHING_READ, EXIT_OK
 
 LEARN_HELP = """\
 SOURCE is a Maildir (a directory with cur/ and new/), an mbox file, a vCard file (.vcf) or a

@@ -110,7 +110,7 @@ def harvest(settings: Settings, facts: Facts, options: Options) -> Iterator[
             return
         automated = policy.suppression_reason(policy.Incoming(
             sender=sender, sender_valid=True, recipient=settings.address, facts=facts,
-            owner_address=settings.address, delimiter=settings.delimiter))
+            owner=settings.owner_address))
         if automated is not None:
             yield f"automated ({automated}): From: not learned"
             return

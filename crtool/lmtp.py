@@ -186,13 +186,10 @@ class _OwnerResources:
 
     def mailbox(self, settings: Settings) -> Mailbox:
         from crtool import service
-        from crtool.outbox import SendmailOutbox
 
         warm = self.hub.warm
-        return service.Mailbox(
-            settings=settings, engine=warm.engine(settings),
-            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-            keys=lambda: warm.keys(settings.keys_path))
+        return service.open_mailbox(settings, warm.engine(settings),
+                                    lambda: warm.keys(settings.keys_path))
 
 
 class Handler:

@@ -50,9 +50,10 @@ def delivered(maildir: Path, name: str) -> Path | None:
     if (maildir / "new" / name).exists():
         return maildir / "new" / name
     try:
-        for entry in os.scandir(maildir / "cur"):
-            if entry.name == name or entry.name.startswith(name + ":"):
-                return Path(entry.path)
+        with os.scandir(maildir / "cur") as entries:
+            for entry in entries:
+                if entry.name == name or entry.name.startswith(name + ":"):
+                    return Path(entry.path)
     except FileNotFoundError:
         pass
     return None

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from crtool import addresses, fastpath, policy
+from crtool import acceptance, addresses, policy
 from crtool.envelope import Envelope, RawMessage
 from crtool.message import Facts
 from crtool.store import lists, log
@@ -48,7 +48,7 @@ def deliver(box: Mailbox, session: Session, envelope: Envelope, raw: RawMessage,
 
     reason = CHALLENGED if verdict.action is policy.Action.CHALLENGE else verdict.reason
     log.record_event(session, box.owner, box.now(), OBSERVED, reason, envelope.sender)
-    outcome, detail = fastpath.accept(box.settings, envelope, raw, f"observe mode: {reason}")
+    outcome, detail = acceptance.accept(box.settings, envelope, raw, f"observe mode: {reason}")
     return Result(outcome, detail, reason=reason)
 
 
@@ -88,7 +88,7 @@ def _whitelisted_now(session: Session, owner: str, sender: str, separators: str,
                      owner_address: str) -> bool:
     message = policy.Incoming(sender=sender, sender_valid=True, recipient="",
                               facts=Facts(headers={"from": [sender]}, has_header_block=True),
-                              owner_address=owner_address or owner)
+                              owner=addresses.OwnerAddress(owner_address or owner))
     listing = lists.listing_for(session, owner, message, separators)
     return listing is not None and listing.list_name == policy.WHITE
 

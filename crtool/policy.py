@@ -12,12 +12,28 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import assert_never
 
 from crtool import addresses
 from crtool.message import Facts
 
-WHITE = "white"
-BLACK = "black"
+
+class ListKind(enum.StrEnum):
+    """The owner's lists of senders. The value is what the store keeps (address_entries'
+    list_name); `command` is the list's name on the command line and on the web pages."""
+
+    WHITE = "white"  # always delivered (unless forged)
+    BLACK = "black"  # dropped, or bounced where blacklist_action = "bounce"
+
+    @property
+    def command(self) -> str:
+        return f"{self.value}list"
+
+
+WHITE = ListKind.WHITE
+BLACK = ListKind.BLACK
+LIST_COMMANDS: dict[str, ListKind] = {kind.command: kind for kind in ListKind}
+LIST_KINDS = frozenset(kind.value for kind in ListKind)
 
 
 class Action(enum.Enum):
@@ -53,8 +69,7 @@ class Incoming:
     sender_valid: bool
     recipient: str
     facts: Facts
-    owner_address: str
-    delimiter: str = "-"
+    owner: addresses.OwnerAddress
     authserv_id: str = ""
     # A digest this crtool mailed to its owner, come back (its signed Message-ID verified).
     own_digest: bool = False
@@ -72,7 +87,7 @@ class Incoming:
 class Listing:
     """The entry that decides a sender's fate: which list, and the stored key that matched."""
 
-    list_name: str
+    list_name: ListKind
     key: str
 
 
@@ -90,14 +105,17 @@ def decide_listing(matches: Iterable[tuple[str, str]], keys: Sequence[str]) -> L
     `keys` are the look-up keys of the sender, most specific first (addresses.lookup_keys):
     so `@example.com` whitelisted with `spam@example.com` blacklisted blocks that one sender,
     `@spam.test` blacklisted with `friend@spam.test` whitelisted lets the friend through, and
-    an exact entry for `bob+news@x.test` beats one for `bob@x.test`.
+    an exact entry for `bob+news@x.test` beats one for `bob@x.test`. An entry of a list this
+    version does not know (written by a newer one) decides nothing.
     """
     rank_of = {key: len(keys) - index for index, key in enumerate(keys)}
     best: tuple[int, int, Listing] | None = None
     for list_name, key in matches:
+        if list_name not in LIST_KINDS:
+            continue
         rank = (rank_of.get(key, 0), 1 if list_name == BLACK else 0)
         if best is None or rank > best[:2]:
-            best = (*rank, Listing(list_name, key))
+            best = (*rank, Listing(ListKind(list_name), key))
     return best[2] if best else None
 
 
@@ -169,20 +187,13 @@ def _bulk_precedence(m: Incoming) -> bool:
 
 def _own_address(m: Incoming) -> bool:
     """The owner's own address or any extension of it: a challenge would go to ourselves."""
-    owner = addresses.normalize_address(m.owner_address)
-    sender = addresses.normalize_address(m.sender)
-    if sender == owner:
-        return True
-    owner_local, owner_domain = addresses.split_address(owner)
-    local, domain = addresses.split_address(sender)
-    return domain == owner_domain and local.startswith(owner_local + m.delimiter)
+    return m.owner.is_own(m.sender)
 
 
 def _to_confirm_address(m: Incoming) -> bool:
     """Sent to one of the owner's confirm local parts at a domain that is not the owner's, so
     it is no confirmation here; it answers a challenge, and answering it back could loop."""
-    prefix = addresses.confirm_prefix(m.owner_address, m.delimiter)
-    return _local(m.recipient).startswith(prefix)
+    return m.owner.confirm_local(m.recipient)
 
 
 def _list_sender(m: Incoming) -> bool:
@@ -466,17 +477,21 @@ def suppression_reason(message: Incoming) -> str | None:
 def classify(message: Incoming, listing: Listing | None) -> Verdict:
     """Decide one message. Rate limits come after, from `rate_limit_reason`, since they need
     counts that are only worth reading for a message that would be challenged."""
-    action = addresses.parse_action(message.recipient, message.owner_address, message.delimiter)
+    action = message.owner.action(message.recipient)
     if action is not None:
         # A confirm, release or accept address (`reason` says which): acted on by its token,
         # never delivered or held as ordinary mail, whoever sent it.
         return Verdict(Action.CONFIRM, reason=action[0], token=action[1])
-    if listing is not None and listing.list_name == BLACK:
-        return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
-    if listing is not None and listing.list_name == WHITE:
-        if whitelisted_but_forged(message, listing):
-            return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
-        return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+    if listing is not None:
+        match listing.list_name:
+            case ListKind.BLACK:
+                return Verdict(Action.BLACKLISTED, reason="blacklisted", listing=listing)
+            case ListKind.WHITE:
+                if whitelisted_but_forged(message, listing):
+                    return Verdict(Action.HOLD, reason="whitelist_forged", listing=listing)
+                return Verdict(Action.ACCEPT, reason="whitelisted", listing=listing)
+            case _:  # every list decides something: mypy finds a kind left out here
+                assert_never(listing.list_name)
     if message.tag is not None and message.tag.status == TAG_REVOKED:
         return Verdict(Action.DROP, reason="keyword_revoked")
     if message.tag is not None and message.tag.status == TAG_VALID and not (
@@ -528,7 +543,7 @@ def confirm_reply_refusal(facts: Facts, sender: str) -> str | None:
     if sender in ("", "#@[]"):
         return "confirm_from_null_sender"
     probe = Incoming(sender=sender, sender_valid=True, recipient="", facts=facts,
-                     owner_address="")
+                     owner=addresses.OwnerAddress(""))
     if (_auto_submitted(probe) or _bulk_precedence(probe)
             or any(facts.has(h) for h in LIST_HEADERS + CHALLENGE_MARKERS)):
         return "confirm_automated"

@@ -29,8 +29,8 @@ from typing import BinaryIO
 
 from crtool import sendmail_args
 from crtool.config import Settings, default_sendmail, load_settings
+from crtool.exits import EX_TEMPFAIL
 
-EX_TEMPFAIL = 75
 CHUNK = 64 * 1024
 HEAD_CAP = 1024 * 1024
 # Set for the real sendmail: a `sendmail` setting that runs `crtool sendmail` again would

@@ -138,16 +138,10 @@ class Warm:
 
     def mailbox(self, settings: Settings) -> Mailbox:
         from crtool import service
-        from crtool.outbox import SendmailOutbox
 
         path = settings.keys_path
-        return service.Mailbox(
-            settings=settings,
-            engine=self.engine(settings),
-            outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-            keys=lambda: self.keys(path),
-            clock=self.clock,
-        )
+        return service.open_mailbox(settings, self.engine(settings), lambda: self.keys(path),
+                                    self.clock)
 
     def warm_up(self) -> None:
         """Import and open everything a delivery needs, so the first one is not slow, and
@@ -311,8 +305,10 @@ class Server:
         if now < self.next_purge or (self.purger is not None and self.purger.is_alive()):
             return
         self.next_purge = now + PURGE_EVERY
-        self.purger = threading.Thread(target=self._purge, daemon=False)
-        self.purger.start()
+        purger = threading.Thread(target=self._purge, daemon=False)
+        purger.start()
+        # Published only once started: whoever sees it may join it (drain, the tests).
+        self.purger = purger
 
     def _purge(self) -> None:
         from crtool import service

@@ -14,17 +14,18 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, replace
+from typing import assert_never
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from crtool import (
+    acceptance,
     addresses,
     challenge,
     entries,
     expect,
-    fastpath,
     known,
     observe,
     onward,
@@ -36,7 +37,6 @@ from crtool.config import Settings
 from crtool.envelope import HEAD_CAP, START_CAP, STORED_CAP, Envelope, Fingerprint, RawMessage
 from crtool.errors import BadToken, NotFound
 from crtool.exits import Outcome
-from crtool.fastpath import trace_prefix
 from crtool.message import Facts, parse_head
 from crtool.outbox import Outbox
 from crtool.store import lists, log, pending
@@ -91,17 +91,22 @@ class Mailbox:
         return int(self.clock())
 
 
-def open_mailbox(settings: Settings) -> Mailbox:
-    """The owner's mailbox as the commands and the web pages use it: the configured database,
-    sendmail and key ring (read when a token is made or checked, so `keys rotate` counts)."""
+def open_mailbox(settings: Settings, engine: Engine | None = None,
+                 keys: KeyLoader | None = None, clock: Callable[[], float] = time.time) -> Mailbox:
+    """The owner's mailbox, the one place one is built: the configured database, sendmail and
+    key ring (read when a token is made or checked, so `keys rotate` counts). A resident
+    server passes the engine and the key loader it keeps between deliveries."""
     from crtool.outbox import SendmailOutbox
     from crtool.store.engine import make_engine
 
     return Mailbox(
         settings=settings,
-        engine=make_engine(settings.database_url, timeout=settings.database_timeout),
+        engine=engine if engine is not None else make_engine(
+            settings.database_url, timeout=settings.database_timeout),
         outbox=SendmailOutbox(settings.sendmail, settings.sendmail_timeout),
-        keys=lambda: tokens.secrets_of(tokens.load_keys(settings.keys_path)),
+        keys=keys if keys is not None else (
+            lambda: tokens.secrets_of(tokens.load_keys(settings.keys_path))),
+        clock=clock,
     )
 
 
@@ -113,9 +118,8 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     or disk error escape) only when the environment is broken. `facts` are raw.head's, when
     the caller (the fast path) has parsed it already: the head is parsed once per delivery."""
     facts = facts if facts is not None else parse_head(raw.head)
-    incoming = fastpath.incoming(box.settings, envelope, facts)
-    action = addresses.parse_action(envelope.recipient, box.settings.address,
-                                    box.settings.delimiter)
+    incoming = acceptance.incoming(box.settings, envelope, facts)
+    action = incoming.owner.action(envelope.recipient)
     if action is not None:
         word, token = action
         if word == addresses.CONFIRM_WORD:
@@ -129,14 +133,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     # write lock is taken before it is known that something must be written, so
     # whitelisted deliveries (most mail) run side by side.
     with transaction(box.engine, write=known.records(box.settings, envelope)) as session:
-        if _own_digest(box, session, envelope, facts):
-            incoming = replace(incoming, own_digest=True)
-        incoming = known.enrich(box, session, envelope, facts, incoming)
-        listing = _listing(box, session, incoming)
-        if listing is None and expect.expected(session, box.owner, incoming, box.now(),
-                                               box.settings.subaddress_separators):
-            incoming = replace(incoming, expected=True)
-        verdict = policy.classify(incoming, listing)
+        incoming, _, verdict = _judge(box, session, envelope, incoming, record=True)
     if box.settings.mode == observe.OBSERVE and observe.would_stop(verdict):
         with transaction(box.engine) as session:
             return observe.deliver(box, session, envelope, raw, verdict)
@@ -147,6 +144,47 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
             return _blacklisted(box, session, envelope, verdict)
 
     return _purged_after(box, _hold(box, envelope, raw, facts, incoming))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What delivery would do with one message now: policy's verdict, with the rate limits
+    already applied to a challenge, and the list entry that matched the sender, if any."""
+
+    verdict: policy.Verdict
+    listing: policy.Listing | None
+
+
+def decide(box: Mailbox, incoming: policy.Incoming) -> Decision:
+    """Ask what becomes of a message without delivering it or changing anything: the very
+    list look-up, policy and rate-limit counts `deliver` uses, for `check`, the web pages, the
+    digest or the hub to call."""
+    envelope = Envelope(sender=incoming.sender, recipient=incoming.recipient)
+    with transaction(box.engine, write=False) as session:
+        incoming, listing, verdict = _judge(box, session, envelope, incoming, record=False)
+        if verdict.action is policy.Action.CHALLENGE:
+            sender_key = addresses.unmangle(incoming.sender, box.settings.subaddress_separators)
+            limited = _rate_limited(box, session, sender_key, box.now())
+            if limited is not None:
+                verdict = replace(verdict, action=policy.Action.HOLD, reason=limited)
+    return Decision(verdict, listing)
+
+
+def _judge(box: Mailbox, session: Session, envelope: Envelope, incoming: policy.Incoming,
+           record: bool) -> tuple[policy.Incoming, policy.Listing | None, policy.Verdict]:
+    """The one judgement `deliver` and `decide` share, in the caller's transaction: the
+    owner's own digest, a tagged address or a reply (known.py), the lists, an expect window,
+    then policy. `record` lets a tag that does not hold be recorded (deliver's, never
+    decide's: deciding changes nothing)."""
+    facts = incoming.facts
+    if _own_digest(box, session, envelope, facts):
+        incoming = replace(incoming, own_digest=True)
+    incoming = known.enrich(box, session, envelope, facts, incoming, record=record)
+    listing = _listing(box, session, incoming)
+    if listing is None and expect.expected(session, box.owner, incoming, box.now(),
+                                           box.settings.subaddress_separators):
+        incoming = replace(incoming, expected=True)
+    return incoming, listing, policy.classify(incoming, listing)
 
 
 def _own_digest(box: Mailbox, session: Session, envelope: Envelope, facts: Facts) -> bool:
@@ -175,7 +213,7 @@ def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
     that cannot be written then must not turn it into a temporary failure, which would make
     the MTA deliver it twice."""
     key = verdict.listing.key if verdict.listing else verdict.reason
-    outcome, detail = fastpath.accept(box.settings, envelope, raw, key)
+    outcome, detail = acceptance.accept(box.settings, envelope, raw, key)
     try:
         with transaction(box.engine) as session:
             log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
@@ -215,12 +253,19 @@ def _hold(box: Mailbox, envelope: Envelope, raw: RawMessage, facts: Facts,
         pending.lock_owner(session, box.owner, now)
         # Decided again inside the write lock: a list may have changed since the first look.
         verdict = policy.classify(incoming, _listing(box, session, incoming))
-        if verdict.action in (policy.Action.BLACKLISTED, policy.Action.DROP):
-            return _blacklisted(box, session, envelope, verdict)
-        if verdict.action is policy.Action.ACCEPT:
-            late_accept = verdict
-        else:
-            result, outgoing = _hold_now(box, session, envelope, raw, facts, verdict, keys, now)
+        match verdict.action:
+            case policy.Action.BLACKLISTED | policy.Action.DROP:
+                return _blacklisted(box, session, envelope, verdict)
+            case policy.Action.ACCEPT:
+                late_accept = verdict
+            case policy.Action.CHALLENGE | policy.Action.HOLD:
+                result, outgoing = _hold_now(box, session, envelope, raw, facts, verdict,
+                                             keys, now)
+            case policy.Action.CONFIRM:
+                # Action addresses are acted on before any hold is considered.
+                raise AssertionError(f"{verdict.action} is not decided late")
+            case _:
+                assert_never(verdict.action)
     if late_accept is not None:
         # Whitelisted since the first look: delivered outside the write lock, as always.
         return _accept(box, envelope, raw, late_accept)
@@ -518,7 +563,7 @@ def _confirmation_refused(box: Mailbox, session: Session,
 
 def _blacklisted_now(box: Mailbox, session: Session, sender: str) -> bool:
     probe = policy.Incoming(sender=sender, sender_valid=True, recipient="", facts=Facts(),
-                            owner_address=box.settings.address)
+                            owner=box.settings.owner_address)
     listing = _listing(box, session, probe)
     return listing is not None and listing.list_name == policy.BLACK
 
@@ -620,7 +665,7 @@ def _release(box: Mailbox, session: Session, rows: list[Pending], now: int,
             continue
         with closing(pending.chunks(session, row.id)) as pieces:
             onward.deliver(box.settings, row.sender, row.recipient, pieces,
-                           trace_prefix(row.mta, row.sender, row.recipient),
+                           acceptance.trace_prefix(row.mta, row.sender, row.recipient),
                            onward.release_name(box.owner, row.id, row.received_at))
         pending.finish(session, row, pending.RELEASED, now)
         log.record_event(session, box.owner, now, "released", "", row.sender, row.id, actor)
@@ -642,20 +687,23 @@ def _held(session: Session, owner: str, ids: Sequence[str]) -> list[Pending]:
     return rows
 
 
-def release_ids(box: Mailbox, ids: Sequence[str], whitelist: bool) -> list[str]:
-    """`pending release`: deliver the named held messages; with `whitelist`, also everything
-    else held from their senders, whom it whitelists (note "released by owner")."""
+def release(box: Mailbox, ids: Sequence[str], by: str = OWNER_ACTOR,
+            whitelist: bool = False) -> list[str]:
+    """Deliver the named held messages, all or none (NotFound names the first no longer
+    held); `by` is who released them, as history shows it. With `whitelist`, also everything
+    else held from their senders, whom it whitelists (note "released by owner"). The command
+    line (`pending release`), the web pages and the digest's addresses all call this."""
     with transaction(box.engine) as session:
         now = box.now()
         rows = _held(session, box.owner, ids)
-        released = _release(box, session, rows, now, OWNER_ACTOR)
+        released = _release(box, session, rows, now, by)
         if whitelist:
             for row in rows:
                 _whitelist(box, session, row.sender, RELEASED_SOURCE, now)
         sender_keys = dict.fromkeys(row.sender_key for row in rows)
     if whitelist:
         for sender_key in sender_keys:
-            released += release_held(box, sender_key)
+            released += release_held(box, sender_key, actor=by)
     return released
 
 
@@ -711,7 +759,7 @@ def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> lis
 
 def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Result:
     """Mail to a release or accept address of the owner's digest: exactly `pending release
-    ID` (accept: `pending release ID --whitelist`), through `release_ids`. Any sender may use
+    ID` (accept: `pending release ID --whitelist`), through `release`. Any sender may use
     it, since the token is the secret. It acts once; afterwards, and for anything wrong, it
     changes nothing, sends nothing and is dropped with the reason logged."""
     try:
@@ -733,7 +781,7 @@ def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Res
     released: list[str] = []
     if ids:
         try:
-            released = release_ids(box, ids, whitelist=word == addresses.ACCEPT_WORD)
+            released = release(box, ids, whitelist=word == addresses.ACCEPT_WORD)
         except NotFound:
             pass  # released or deleted since the look above: the token has nothing to do
     if not released:

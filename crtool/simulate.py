@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import addresses, expect, fastpath, policy, sources, upstream
+from crtool import acceptance, addresses, expect, policy, sources, upstream
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import Facts, parse_head
@@ -61,7 +61,7 @@ def decide(settings: Settings, session: Session, head: bytes, now: int) -> polic
     facts = parse_head(head)
     sender = envelope_sender(facts)
     envelope = Envelope(sender=sender, recipient=settings.address)
-    incoming = fastpath.incoming(settings, envelope, facts)
+    incoming = acceptance.incoming(settings, envelope, facts)
     if settings.spam_header:
         incoming = replace(incoming, spam_flagged=upstream.spam_flagged(
             head, settings.spam_header))

@@ -18,10 +18,10 @@ from typing import Any
 from crtool import owners
 from crtool.config import Settings
 from crtool.errors import NotFound, UsageError
+from crtool.exits import EXIT_OK
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 System = owners.System
-EXIT_OK = 0
 
 
 def run(args: argparse.Namespace, handlers: Mapping[str, Handler]) -> int:

@@ -16,9 +16,8 @@ from typing import Any
 from crtool import terminal
 from crtool.config import Settings, parse_duration
 from crtool.errors import UsageError
+from crtool.exits import EXIT_NOT_ACCEPTED, EXIT_OK
 
-EXIT_OK = 0
-EXIT_NOT_VALID = 1
 DEFAULT_VALID = "30d"
 
 SENDMAIL_EPILOG = """\
@@ -136,7 +135,7 @@ def address_command(settings: Settings, args: argparse.Namespace) -> int:
         sys.stdout.write(terminal.json_text(found, indent=2) + "\n")
     else:
         print(_described(found))
-    return EXIT_OK if accepted else EXIT_NOT_VALID
+    return EXIT_OK if accepted else EXIT_NOT_ACCEPTED
 
 
 def _when(epoch: int) -> str:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from crtool import addresses, expect, observe, policy
+from crtool import addresses, observe, policy
 from crtool.envelope import valid_mailbox
 from crtool.message import Facts
 from crtool.store import lists, log
@@ -49,32 +48,20 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
         sender=sender, sender_valid=not sender or valid_mailbox(sender),
         recipient=recipient or settings.address,
         facts=Facts(headers={"from": [sender]}, has_header_block=True),
-        owner_address=settings.address, delimiter=settings.delimiter,
-        authserv_id=settings.authserv_id)
+        owner=settings.owner_address, authserv_id=settings.authserv_id)
     found: dict[str, Any] = {"sender": sender, "list": "", "entry": "", "source": "",
                              "note": "", "reason": ""}
-    from crtool import known, service
-    from crtool.envelope import Envelope
+    from crtool import service
 
-    with transaction(box.engine, write=False) as session:
-        # The very look-up and rate-limit count that delivery makes.
-        listing = service._listing(box, session, incoming)
-        envelope = Envelope(sender=sender, recipient=incoming.recipient)
-        incoming = known.enrich(box, session, envelope, incoming.facts, incoming, record=False)
-        if listing is None and expect.expected(session, box.owner, incoming, box.now(),
-                                               settings.subaddress_separators):
-            incoming = replace(incoming, expected=True)
-        verdict = policy.classify(incoming, listing)
-        if listing is not None:
+    # The very look-up, policy and rate-limit count that delivery makes.
+    decision = service.decide(box, incoming)
+    verdict, listing = decision.verdict, decision.listing
+    if listing is not None:
+        with transaction(box.engine, write=False) as session:
             entry = lists.entry(session, box.owner, listing.list_name, listing.key)
-            found.update(list=listing.list_name,
-                         entry=addresses.Pattern(entry.kind, entry.key).text if entry else "",
-                         source=entry.source if entry else "", note=entry.note if entry else "")
-        limited = None
-        if verdict.action is policy.Action.CHALLENGE:
-            limited = service._rate_limited(
-                box, session, addresses.unmangle(sender, settings.subaddress_separators),
-                box.now())
+        found.update(list=listing.list_name,
+                     entry=addresses.Pattern(entry.kind, entry.key).text if entry else "",
+                     source=entry.source if entry else "", note=entry.note if entry else "")
     entry_text = f"{found['list']}list entry {found['entry']}" + (
         f" (added by {ACTORS.get(found['source'], found['source'])})" if found["source"] else "")
     unasked = {**policy.TAG_REASONS, **policy.REPLY_REASONS}
@@ -97,9 +84,6 @@ def check(box: Mailbox, sender: str, recipient: str | None) -> dict[str, Any]:
     elif verdict.action is policy.Action.HOLD:
         found.update(verdict="hold without challenge", reason=verdict.reason,
                      why=f"{verdict.reason}: {_RULES.get(verdict.reason, '')}")
-    elif limited is not None:
-        found.update(verdict="hold without challenge", reason=limited,
-                     why=f"{limited}: {_RULES.get(limited, '')}")
     else:
         found.update(verdict="hold and challenge", reason="challenged",
                      why="on neither list; no rule forbids a challenge")

@@ -1,7 +1,7 @@
 """The owner's pages: log in by a one-time link, the held mail by reason, the two lists.
 
 Every change is a POST carrying the session's CSRF field and calls the function the command line
-calls (`service.release_ids`, `service.delete_ids`, `service.list_add`, `service.list_remove`);
+calls (`service.release`, `service.delete_ids`, `service.list_add`, `service.list_remove`);
 listings read the store as `pending list` and `whitelist list` do.
 """
 
@@ -37,7 +37,7 @@ from crtool.web.guard import CSRF_FIELD, check_session_csrf, limit_rate, prefetc
 blueprint = Blueprint("owner", __name__)
 PAGE_SIZE = 50
 GROUP_SIZE = 10
-LIST_NAMES = {"whitelist": policy.WHITE, "blacklist": policy.BLACK}
+LIST_NAMES = policy.LIST_COMMANDS
 ACTIONS = ("release", "release_whitelist", "delete", "delete_blacklist")
 
 
@@ -171,7 +171,7 @@ def act() -> Response:
         return redirect(target, 303)
     try:
         if verb.startswith("release"):
-            done = service.release_ids(box, ids, whitelist=verb == "release_whitelist")
+            done = service.release(box, ids, whitelist=verb == "release_whitelist")
             what = "Released" + (" and whitelisted the senders of" if "white" in verb else "")
         else:
             done = service.delete_ids(box, ids, blacklist=verb == "delete_blacklist")

@@ -285,7 +285,7 @@ def test_pending_release_whitelist_releases_everything_from_the_sender(
     _challenge_token(alice, "carol@remote.test")
     [bob_first] = [m["id"] for m in json.loads(alice.files.ok("pending", "list", "--json"))
                    if m["sender"] == "bob@remote.test"]
-    service.release_ids(alice.box, [bob_first], whitelist=True)
+    service.release(alice.box, [bob_first], whitelist=True)
     assert len(alice.files.maildir_messages()) == 5
     [carol] = _held(alice)
     assert carol != bob_first

@@ -139,3 +139,73 @@ def test_confirm_address_round_trip() -> None:
     address = addresses.confirm_address("alice@example.test", "-", "tok")
     assert address == "alice-confirm-tok@example.test"
     assert addresses.parse_confirm(address, "Alice@Example.test", "-") == "tok"
+
+
+def test_the_owner_address_knows_its_own_extensions_and_nothing_near_them() -> None:
+    owner = addresses.OwnerAddress("Alice@Example.test")
+    for own in ("alice@example.test", "ALICE@EXAMPLE.TEST", "alice-news@example.test",
+                "alice-confirm-x@example.test", "alice-@example.test"):
+        assert owner.is_own(own), own
+    for other in ("alicex@example.test", "alic@example.test", "alice-news@other.test",
+                  "alice@example.test.evil", "alice+news@example.test", "bob-alice@example.test",
+                  "malice-x@example.test", ""):
+        assert not owner.is_own(other), other
+    assert addresses.OwnerAddress("alice@example.test", "+").is_own("alice+news@example.test")
+    assert not addresses.OwnerAddress("alice@example.test", "+").is_own(
+        "alice-news@example.test")
+
+
+def test_the_owner_address_finds_its_action_and_confirm_local_parts() -> None:
+    owner = addresses.OwnerAddress("alice@example.test")
+    assert owner.action("Alice-Confirm-ABC@example.test") == ("confirm", "abc")
+    assert owner.action("alice-release-t@example.test") == ("release", "t")
+    assert owner.action("alice-confirm-t@other.test") is None
+    assert owner.action("alice@example.test") is None
+    # At any domain, for the loop rule: the confirm prefix and nothing shorter or other.
+    assert owner.confirm_local("ALICE-confirm-t@other.test")
+    assert owner.confirm_local("alice-confirm-@example.test")
+    for other in ("alice-confirmt@other.test", "alice-release-t@other.test",
+                  "alice-confir-t@other.test", "bob-confirm-t@other.test", "alice@other.test"):
+        assert not owner.confirm_local(other), other
+    assert addresses.OwnerAddress("alice@example.test", ".").confirm_local(
+        "alice.confirm.t@x.test")
+
+
+def test_the_owner_address_given_to_init_is_a_plain_address() -> None:
+    for good in ("alice@example.test", "a.b+c@mail.example-1.test", "x" * 64 + "@h.test",
+                 "o'neil@example.test"):
+        assert addresses.parse_owner_address(good) == good
+    for bad in ("*@example.com", "@example.com", "alice", "alice@", "a..b@example.test",
+                ".a@example.test", "x" * 65 + "@h.test", "alice@-bad.test", "alice@bad-.test",
+                "alice@exa mple.test", "alice@" + "a" * 64 + ".test",
+                "a@" + ("b" * 60 + ".") * 5 + "test"):
+        with pytest.raises(UsageError, match="not a plain address"):
+            addresses.parse_owner_address(bad)
+
+
+def test_the_owner_address_may_be_254_characters_and_no_more() -> None:
+    base = "a@" + ".".join(["b" * 63] * 3) + "."
+    longest = base + "c" * (254 - len(base))
+    assert addresses.parse_owner_address(longest) == longest
+    with pytest.raises(UsageError):
+        addresses.parse_owner_address(longest + "c")
+
+
+def test_a_refused_pattern_is_named_in_the_error() -> None:
+    for text, hint in (("", False), ("a b@x.test", False), ("@*.x.test", False),
+                       ("*@*.x*.test", False), ("@x@y.test", False), ("<bob@x.test", True),
+                       ("bob@*.x.test", True), ("bob@", True)):
+        with pytest.raises(UsageError) as caught:
+            addresses.parse_pattern(text)
+        assert str(caught.value).startswith(f"not a pattern: {text!r}"), text
+        assert ("use bob@example.com, @example.com or *@*.example.com" in str(caught.value)) \
+            is hint, text
+
+
+def test_a_pattern_may_be_254_characters_and_no_more() -> None:
+    base = "a@" + ".".join(["b" * 63] * 3) + "."
+    longest = base + "c" * (254 - len(base))
+    assert addresses.parse_pattern(longest).key == longest
+    assert addresses.parse_pattern("@" + longest[2:]).key == "@" + longest[2:]
+    with pytest.raises(UsageError):
+        addresses.parse_pattern(longest + "c")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import sqlite
 
-from crtool import addresses, entries, fastpath, policy
+from crtool import acceptance, addresses, entries, fastpath, policy, tally
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import parse_head
@@ -120,7 +120,7 @@ def test_richer_entries_are_found_alike_by_both_paths(settings: Settings, sender
                                                       head: bytes,
                                                       expected: str | None) -> None:
     facts = parse_head(head + b"Subject: hi\n\nbody\n")
-    message = fastpath.incoming(settings, Envelope(sender, OWNER), facts)
+    message = acceptance.incoming(settings, Envelope(sender, OWNER), facts)
     query = entries.query(sender, facts)
     engine = make_engine(settings.database_url)
     with transaction(engine, write=False) as session:
@@ -199,16 +199,17 @@ def test_an_unreadable_database_leaves_the_decision_to_the_full_path(
 
 
 def test_the_tally_counts_each_accepted_message(tmp_path: Path) -> None:
-    assert fastpath.tallied_deliveries(tmp_path) == 0
+    assert tally.tallied_deliveries(tmp_path) == 0
     for _ in range(3):
-        fastpath.count_delivery(tmp_path)
-    assert fastpath.tallied_deliveries(tmp_path) == 3
-    assert (tmp_path / fastpath.TALLY_NAME).stat().st_mode & 0o777 == 0o600
+        tally.count_delivery(tmp_path)
+    assert tally.tallied_deliveries(tmp_path) == 3
+    assert (tmp_path / tally.TALLY_NAME).stat().st_mode & 0o777 == 0o600
 
 
 def test_the_lean_modules_import_nothing_heavy() -> None:
     # What `crtool deliver` imports before it knows it needs SQLAlchemy, Jinja2 or itsdangerous.
-    code = ("import sys, crtool.cli, crtool.client, crtool.delivery, crtool.fastpath; "
+    code = ("import sys, crtool.cli, crtool.client, crtool.delivery, crtool.fastpath, "
+            "crtool.acceptance, crtool.tally; "
             "heavy = [m for m in sys.modules if m.split('.')[0] in "
             "('sqlalchemy', 'jinja2', 'itsdangerous', 'alembic')]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
@@ -229,3 +230,11 @@ def test_every_kind_of_entry_is_found_through_an_index(settings: Settings) -> No
     assert len(searches) == 2, plan
     assert all(step.startswith("SEARCH") and "INDEX" in step for step in searches), plan
     assert any("ix_address_entries_probe" in step for step in searches), plan
+
+
+def test_the_full_path_does_not_depend_on_the_fast_one() -> None:
+    # The optimisation reads through the core, never the other way round.
+    code = ("import sys, crtool.service, crtool.commands, crtool.serve, crtool.verdicts; "
+            "print('crtool.fastpath' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True, text=True)
+    assert out.stdout.strip() == "False"

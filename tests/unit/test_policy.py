@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from crtool import addresses, policy
+from crtool.addresses import OwnerAddress
 from crtool.message import parse_head
 
 OWNER = "alice@example.test"
@@ -20,7 +21,7 @@ def incoming(head: str = "", sender: str = "bob@remote.test",
              authserv_id: str = MX) -> policy.Incoming:
     text = "From: Bob <bob@remote.test>\nSubject: hi\n" + head
     return policy.Incoming(sender=sender, sender_valid=valid, recipient=recipient,
-                           facts=parse_head(text.encode()), owner_address=OWNER,
+                           facts=parse_head(text.encode()), owner=OwnerAddress(OWNER),
                            authserv_id=authserv_id)
 
 
@@ -65,7 +66,7 @@ TABLE: list[tuple[str, policy.Incoming, str | None]] = [
     ("do_not_reply", incoming(sender="do_not_reply+42@shop.test"), "noreply_sender"),
     ("no_header_block", policy.Incoming("bob@remote.test", True, OWNER,
                                          parse_head(b"garbage without a colon\n\nbody"),
-                                         OWNER), "no_header_block"),
+                                         OwnerAddress(OWNER)), "no_header_block"),
     ("spf_fail", incoming(ar("spf=fail smtp.mailfrom=bob@remote.test")), "spf_fail"),
     ("spf_fail_domain_only", incoming(ar("spf=fail (sender IP 192.0.2.1) "
                                          "smtp.mailfrom=Remote.TEST")), "spf_fail"),
@@ -133,7 +134,7 @@ def test_dmarc_is_judged_on_the_from_domain_not_the_envelope() -> None:
         facts=parse_head(b"From: Bob <bob@remote.test>\n"
                          b"Authentication-Results: mx.example.test 1;\n"
                          b"  dmarc = fail header.from=remote.test\n"),
-        owner_address=OWNER, authserv_id="MX.example.test")
+        owner=OwnerAddress(OWNER), authserv_id="MX.example.test")
     assert policy.suppression_reason(message) == "dmarc_fail"
 
 
@@ -171,6 +172,18 @@ def test_the_more_specific_entry_wins_whichever_list_it_is_on() -> None:
                 assert policy.decide_listing(matches, keys) == policy.Listing(narrow_list,
                                                                               narrow)
     assert policy.decide_listing([], keys) is None
+
+
+def test_list_kinds_are_read_from_the_store_text_and_unknown_ones_decide_nothing() -> None:
+    keys = addresses.lookup_keys(TAGGED)
+    found = policy.decide_listing([("white", keys[1])], keys)
+    assert found == policy.Listing(policy.ListKind.WHITE, keys[1])
+    assert found is not None and type(found.list_name) is policy.ListKind
+    # A list of a newer version, even on the most specific key, loses to a known one.
+    assert policy.decide_listing([("grey", keys[0]), ("black", keys[-1])], keys) == \
+        policy.Listing(policy.BLACK, keys[-1])
+    assert policy.decide_listing([("grey", keys[0])], keys) is None
+    assert policy.LIST_COMMANDS == {"whitelist": policy.WHITE, "blacklist": policy.BLACK}
 
 
 WHITE = policy.Listing(policy.WHITE, "bob@remote.test")
@@ -303,3 +316,14 @@ def test_an_expected_domain_is_accepted_but_the_lists_still_come_first() -> None
     assert policy.classify(automated, None).reason == "expected"
     black = policy.Listing(policy.BLACK, "@remote.test")
     assert policy.classify(automated, black).action is policy.Action.BLACKLISTED
+
+
+def test_dkim_and_spf_domains_are_compared_without_case_or_the_root_dot() -> None:
+    for result in ("dkim=pass header.d=Remote.TEST.", "dkim=pass header.i=@Remote.test",
+                   "dkim=pass header.i=REMOTE.test.", "dkim=pass header.d=test."):
+        assert policy.dkim_passed_for(incoming(ar(result)), "remote.test"), result
+    for result in ("dkim=pass header.d=.remote.test", "dkim=pass header.i=x",
+                   "dkim=pass header.b=abc", "dkim=pass header.d=mote.test"):
+        assert not policy.dkim_passed_for(incoming(ar(result)), "remote.test"), result
+    assert policy.spf_failed(incoming(ar("spf=fail smtp.mailfrom=REMOTE.test.")))
+    assert not policy.spf_failed(incoming(ar("spf=fail smtp.mailfrom=.remote.test")))

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from crtool import policy
+from crtool import addresses, policy
 from crtool.message import parse_head
 from crtool.policy import Action, Listing, Tag
 
@@ -21,7 +21,8 @@ def incoming(head: str = "Subject: hi\n", sender: str = "bob@remote.test",
     return replace(policy.Incoming(sender=sender, sender_valid=bool(sender),
                                    recipient=recipient,
                                    facts=parse_head(f"From: {sender}\n{head}\n".encode()),
-                                   owner_address=OWNER, authserv_id="mx.example.test"),
+                                   owner=addresses.OwnerAddress(OWNER),
+                                   authserv_id="mx.example.test"),
                    **extra)
 
 

@@ -161,3 +161,61 @@ def test_key_ring_file_is_private(tmp_path) -> None:  # type: ignore[no-untyped-
     path.chmod(0o644)
     with pytest.raises(TemporaryFailure, match="readable by others"):
         tokens.load_keys(path)
+
+
+def test_rotation_keeps_a_key_exactly_as_long_as_its_tokens_can_verify() -> None:
+    """A key is dropped once its successor is older than ttl + skew: at that second a token
+    it signed (issued before the successor existed) can still verify, one second later not."""
+    ring = [tokens.Key(T0 - 50, KEY_A), tokens.Key(T0, KEY_B)]
+    boundary = T0 + TTL + tokens.CLOCK_SKEW
+    kept = tokens.rotated(ring, boundary, TTL)
+    assert [k.secret for k in kept[:2]] == [KEY_A, KEY_B] and len(kept) == 3
+    assert kept[-1].created == boundary and len(kept[-1].secret) == tokens.KEY_BYTES
+    dropped = tokens.rotated(ring, boundary + 1, TTL)
+    assert [k.secret for k in dropped[:1]] == [KEY_B] and len(dropped) == 2
+    # Each key is judged by its own successor: the oldest goes, the one after it stays.
+    key_c = bytes(range(64, 96))
+    three = [tokens.Key(T0 - 3 * TTL, KEY_A), tokens.Key(T0 - 2 * TTL, KEY_B),
+             tokens.Key(T0, key_c)]
+    assert [k.secret for k in tokens.rotated(three, T0 + 10, TTL)[:2]] == [KEY_B, key_c]
+    assert len(tokens.rotated(three, T0 + 10, TTL)) == 3
+    # The newest key is always kept, however old, and the order of the input does not matter.
+    assert [k.secret for k in tokens.rotated(ring[::-1], T0 + 100 * TTL, TTL)[:1]] == [KEY_B]
+    assert tokens.rotated([], T0, TTL)[0].created == T0
+
+
+def test_key_ring_round_trip_keeps_order_comments_and_refuses_damage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "keys"
+    ring = [tokens.Key(T0 + 5, KEY_B), tokens.Key(T0, KEY_A)]
+    tokens.write_keys(path, ring)
+    text = path.read_text()
+    assert text.startswith("# crtool key ring")
+    assert f"{T0 + 5} {KEY_B.hex()}\n" in text
+    assert tokens.load_keys(path) == sorted(ring, key=lambda k: k.created)
+    assert tokens.secrets_of(tokens.load_keys(path)) == [KEY_A, KEY_B]
+    fresh = tokens.new_ring(T0)
+    assert len(fresh) == 1 and fresh[0].created == T0 and len(fresh[0].secret) == 32
+    assert tokens.new_ring(T0)[0].secret != fresh[0].secret
+    for body, why in (("# only a comment\n\n", "holds no key"), (f"{T0} zz\n", "line 1"),
+                      (f"\n{T0}\n", "line 2 is damaged")):
+        path.write_text(body)
+        with pytest.raises(TemporaryFailure, match=why):
+            tokens.load_keys(path)
+    path.chmod(0o640)
+    with pytest.raises(TemporaryFailure, match="readable by others"):
+        tokens.load_keys(path)
+    with pytest.raises(TemporaryFailure, match="is missing"):
+        tokens.load_keys(tmp_path / "none")
+
+
+def test_a_signed_text_verifies_under_any_key_of_the_ring_and_nothing_else() -> None:
+    signature = tokens.sign_text([KEY_A], "web", "ABCdef")
+    assert signature == tokens.sign_text([KEY_A], "web", "abcdef")
+    assert len(signature) == 16 and set(signature) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert tokens.check_text([KEY_A, KEY_B], "web", "abcdef", f" {signature.upper()} ")
+    assert not tokens.check_text([KEY_B], "web", "abcdef", signature)
+    assert not tokens.check_text([KEY_A], "login", "abcdef", signature)
+    assert not tokens.check_text([KEY_A], "web", "abcdeg", signature)
+    assert not tokens.check_text([KEY_A], "web", "abcdef", "not base32!")
+    with pytest.raises(ValueError, match="unknown token purpose"):
+        tokens.sign_text([KEY_A], "nonsense", "x")

@@ -1,0 +1,505 @@
+"""The decision vocabulary service offers every front end, on a real database: `decide` (what
+delivery would do, changing nothing), `release(ids, by=...)` and `delete_ids` acting on held
+messages only, all or none, and what a hold stores of a message's envelope and head."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import func, select
+
+from crtool import acceptance, policy, service, tokens
+from crtool.addresses import OwnerAddress
+from crtool.envelope import Envelope, RawMessage
+from crtool.errors import NotFound, TemporaryFailure
+from crtool.exits import Outcome
+from crtool.message import Facts, parse_head
+from crtool.outbox import SendmailOutbox
+from crtool.store import lists, pending
+from crtool.store.engine import transaction
+from crtool.store.models import Event, Owner
+from tests.integration.test_backscatter import Service
+from tests.integration.test_backscatter import alice as _alice_fixture
+from tests.support import confirm_address_of, message
+
+alice = _alice_fixture
+
+
+def _incoming(sender: str, recipient: str = "alice@example.test") -> policy.Incoming:
+    return policy.Incoming(sender=sender, sender_valid=True, recipient=recipient,
+                           facts=Facts(headers={"from": [sender]}, has_header_block=True),
+                           owner=OwnerAddress("alice@example.test"))
+
+
+def _events(alice: Service) -> list[tuple[str, str, str]]:
+    with transaction(alice.box.engine, write=False) as session:
+        return [(e.kind, e.pending_id, e.actor) for e in session.scalars(
+            select(Event).order_by(Event.id))]
+
+
+def _hold(alice: Service, sender: str, subject: str = "Hello") -> str:
+    result = alice.deliver(message(sender, subject), sender)
+    assert result.outcome is Outcome.HELD, result
+    return result.pending_id
+
+
+def _status(alice: Service, pending_id: str) -> str:
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, pending_id)
+        assert row is not None
+        return row.status
+
+
+def test_decide_answers_as_delivery_would_and_changes_nothing(alice: Service) -> None:
+    box = alice.box
+    first = service.decide(box, _incoming("bob@remote.test"))
+    assert (first.verdict.action, first.verdict.reason, first.listing) == (
+        policy.Action.CHALLENGE, "challenged", None)
+    _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    # One challenge went to bob: the next would be over the per-sender limit.
+    again = service.decide(box, _incoming("bob+tag@remote.test"))
+    assert (again.verdict.action, again.verdict.reason) == (policy.Action.HOLD,
+                                                            "sender_rate_limit")
+    assert service.decide(box, _incoming("carol@remote.test")).verdict.action is \
+        policy.Action.CHALLENGE
+    service.list_add(box, policy.WHITE, ["@friends.test"], "")
+    service.list_add(box, policy.BLACK, ["spam@friends.test"], "")
+    white = service.decide(box, _incoming("ann@friends.test"))
+    assert (white.verdict.action, white.listing) == (
+        policy.Action.ACCEPT, policy.Listing(policy.WHITE, "@friends.test"))
+    black = service.decide(box, _incoming("spam@friends.test"))
+    assert (black.verdict.action, black.listing) == (
+        policy.Action.BLACKLISTED, policy.Listing(policy.BLACK, "spam@friends.test"))
+    # An action address is acted on by its token whoever sends it; the listing is still told.
+    confirm = service.decide(box, _incoming("ann@friends.test", "alice-confirm-x@example.test"))
+    assert (confirm.verdict.action, confirm.listing) == (policy.Action.CONFIRM, white.listing)
+    assert service.decide(box, _incoming("")).verdict.reason == "null_sender"
+    assert [kind for kind, _, _ in _events(alice) if kind != "listed"] == ["held", "challenged"]
+
+
+def test_the_global_limit_holds_a_new_sender_too(alice: Service) -> None:
+    box = alice.box
+    settings = box.settings
+    limited = replace(box, settings=replace(settings, challenge_global_limit=1))
+    _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    decision = service.decide(limited, _incoming("carol@remote.test"))
+    assert (decision.verdict.action, decision.verdict.reason) == (policy.Action.HOLD,
+                                                                  "global_rate_limit")
+
+
+def test_release_records_who_released(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test")
+    second = _hold(alice, "carol@remote.test")
+    alice.challenges(2)
+    assert service.release(alice.box, [first], by=service.SENDER_ACTOR) == [first]
+    assert service.release(alice.box, [second]) == [second]
+    released = [(pid, actor) for kind, pid, actor in _events(alice) if kind == "released"]
+    assert released == [(first, "sender"), (second, "owner")]
+    assert len(alice.files.maildir_messages()) == 2
+
+
+def test_release_with_whitelist_releases_the_rest_by_the_same_actor(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    second = _hold(alice, "bob+x@remote.test", "two")
+    alice.challenges(1)
+    assert service.release(alice.box, [first], by="sender", whitelist=True) == [first, second]
+    assert [actor for kind, _, actor in _events(alice) if kind == "released"] == [
+        "sender", "sender"]
+    decision = service.decide(alice.box, _incoming("bob@remote.test"))
+    assert decision.verdict.action is policy.Action.ACCEPT
+
+
+def test_release_and_delete_act_on_held_messages_only_all_or_none(alice: Service) -> None:
+    gone = _hold(alice, "bob@remote.test", "one")
+    kept = _hold(alice, "carol@remote.test", "two")
+    other = _hold(alice, "dave@remote.test", "three")
+    alice.challenges(3)
+    assert service.release(alice.box, [gone]) == [gone]
+    for act in (lambda ids: service.release(alice.box, ids),
+                lambda ids: service.delete_ids(alice.box, ids)):
+        with pytest.raises(NotFound, match=f"no held message {gone}"):
+            act([kept, gone])
+        assert _status(alice, kept) == pending.HELD  # nothing of the batch was done
+    assert service.delete_ids(alice.box, [kept]) == [kept]
+    with pytest.raises(NotFound, match=f"no held message {kept}"):
+        service.release(alice.box, [kept])
+    with pytest.raises(NotFound, match="no held message nosuchid"):
+        service.delete_ids(alice.box, ["nosuchid"])
+    assert (_status(alice, gone), _status(alice, kept), _status(alice, other)) == (
+        pending.RELEASED, pending.DELETED, pending.HELD)
+    assert len(alice.files.maildir_messages()) == 1
+
+
+def test_a_hold_stores_at_most_320_characters_of_the_envelope_and_200_of_the_head(
+        alice: Service) -> None:
+    sender = "b" * 400 + "@remote.test"
+    recipient = "alice-" + "r" * 400 + "@example.test"
+    result = alice.deliver(message(sender, "s" * 400), sender, recipient)
+    assert (result.outcome, result.reason) == (Outcome.HELD, "invalid_sender")
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, result.pending_id)
+        assert row is not None
+        assert (row.sender, row.sender_key) == (sender[:320], sender[:320])
+        assert row.recipient == recipient[:320]
+        assert (row.subject, row.from_header) == ("s" * 200, sender[:200])
+        assert row.message_id == "<m1@remote.test>"
+
+
+def test_confirm_makes_the_owner_row_it_locks(alice: Service) -> None:
+    """The first writing transaction of an owner makes the row every later one locks
+    (PostgreSQL serialises an owner's rate-limit counts on it), a confirmation included."""
+    result = service.confirm(alice.box, "a" * 24, service.Via("web"))
+    assert (result.outcome, result.reason) == (Outcome.DROPPED, "token_unknown")
+    with transaction(alice.box.engine, write=False) as session:
+        assert session.scalar(select(func.count()).select_from(Owner)) == 1
+
+
+# Mail to the digest's release and accept addresses (owner_action) ---------------------------
+
+def _owner_token(alice: Service, word: str, pending_id: str) -> str:
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, pending_id)
+        assert row is not None
+        return tokens.issue(alice.box.keys(), word, alice.box.owner, row.id, row.sender,
+                            row.received_at)
+
+
+def _to_action(alice: Service, word: str, token: str,
+               sender: str = "anyone@elsewhere.test") -> service.Result:
+    address = f"alice-{word}-{token}@example.test"
+    return alice.deliver(message(sender, "release", to=address), sender, address)
+
+
+def test_a_release_address_releases_its_message_once(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob@remote.test", "two")
+    alice.challenges(1)
+    token = _owner_token(alice, "release", first)
+    result = _to_action(alice, "release", token)
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, first)
+    assert result.detail == f"release by the owner: released 1 message(s): {first}"
+    assert (_status(alice, first), _status(alice, second)) == (pending.RELEASED, pending.HELD)
+    again = _to_action(alice, "release", token)
+    assert (again.outcome, again.reason, again.pending_id) == (Outcome.DROPPED, "token_used",
+                                                               first)
+    assert again.detail == "release address: token_used; dropped"
+    assert _events(alice)[-1] == ("dropped", first, "owner")
+    assert service.decide(alice.box, _incoming("bob@remote.test")).verdict.action is not \
+        policy.Action.ACCEPT
+
+
+def test_an_accept_address_releases_the_sender_and_whitelists_him(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob+x@remote.test", "two")
+    alice.challenges(1)
+    token = _owner_token(alice, "accept", second)
+    result = _to_action(alice, "accept", token)
+    # It acts on the sender's oldest held message, and the rest follow.
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, first)
+    assert result.detail == f"accept by the owner: released 2 message(s): {first} {second}"
+    assert (_status(alice, first), _status(alice, second)) == (pending.RELEASED,
+                                                               pending.RELEASED)
+    assert service.decide(alice.box, _incoming("bob@remote.test")).verdict.action is \
+        policy.Action.ACCEPT
+    assert _to_action(alice, "accept", token).reason == "token_used"
+
+
+def test_an_accept_address_of_an_older_message_is_used_once_it_is_released(
+        alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob@remote.test", "two")
+    alice.challenges(1)
+    token = _owner_token(alice, "accept", first)
+    service.release(alice.box, [first])
+    result = _to_action(alice, "accept", token)
+    assert (result.outcome, result.reason) == (Outcome.DROPPED, "token_used")
+    assert _status(alice, second) == pending.HELD
+
+
+def test_a_bad_action_token_changes_nothing(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    good = _owner_token(alice, "release", held)
+    forged = good[:8] + ("a" if good[8] != "a" else "b") + good[9:]
+    unknown = "a" * 24
+    for token, reason in (("short", "token_malformed"), (forged, "token_forged"),
+                          (unknown, "token_unknown"),
+                          (_owner_token(alice, "accept", held), "token_forged")):
+        result = _to_action(alice, "release", token)
+        assert (result.outcome, result.reason) == (Outcome.DROPPED, reason), token
+    assert _status(alice, held) == pending.HELD
+    alice.clock.now += alice.box.settings.hold_ttl + 301
+    expired = _to_action(alice, "release", good)
+    assert (expired.outcome, expired.reason, expired.pending_id) == (
+        Outcome.DROPPED, "token_expired", held)
+    assert [e for e in _events(alice) if e[0] == "released"] == []
+
+
+# Confirmations ---------------------------------------------------------------------------------
+
+def _confirm_token(alice: Service) -> str:
+    [challenge] = alice.challenges(1)
+    return confirm_address_of(challenge).split("-confirm-")[1].split("@")[0]
+
+
+def test_preview_tells_the_page_what_a_token_names_and_changes_nothing(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    ready = service.preview(alice.box, token)
+    assert ready.state == "ready" and ready.row is not None and ready.row.id == held
+    assert service.preview(alice.box, token.upper()).state == "ready"
+    for bad in ("", "short", "a" * 24, token[:-1] + ("a" if token[-1] != "a" else "b")):
+        assert service.preview(alice.box, bad) == service.Preview("invalid")
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    expired = service.preview(alice.box, token)
+    assert expired.state == "expired" and expired.row is not None
+    alice.clock.now -= alice.box.settings.confirm_ttl + 301
+    assert _status(alice, held) == pending.HELD
+    assert service.confirm(alice.box, token, service.Via.web()).outcome is Outcome.CONFIRMED
+    used = service.preview(alice.box, token)
+    assert used.state == "used" and used.row is not None
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    assert service.preview(alice.box, token).state == "invalid"  # expired and not held
+
+
+def test_an_automated_reply_confirms_nothing(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    address = f"alice-confirm-{token}@example.test"
+    reply = message("bob@remote.test", "Re", headers={"Auto-Submitted": "auto-replied"},
+                    to=address)
+    result = alice.deliver(reply, "bob@remote.test", address)
+    assert (result.outcome, result.reason) == (Outcome.DROPPED, "confirm_automated")
+    assert result.detail == "confirmation refused (confirm_automated); dropped"
+    assert _events(alice)[-1] == ("dropped", "", "")
+    with transaction(alice.box.engine, write=False) as session:
+        last = session.scalars(select(Event).order_by(Event.id.desc())).first()
+        assert last is not None
+        assert (last.reason, last.sender) == ("confirm_automated", "bob@remote.test")
+    assert _status(alice, held) == pending.HELD
+
+
+# The owner's commands ---------------------------------------------------------------------------
+
+def test_delete_with_blacklist_takes_everything_from_the_sender(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob+news@remote.test", "two")
+    other = _hold(alice, "carol@remote.test", "three")
+    alice.challenges(2)
+    # Without --blacklist only the named message goes, and nobody is listed.
+    assert service.delete_ids(alice.box, [other]) == [other]
+    assert service.decide(alice.box, _incoming("carol@remote.test")).listing is None
+    assert service.delete_ids(alice.box, [second], blacklist=True) == [first, second]
+    assert (_status(alice, first), _status(alice, second)) == (pending.DELETED,
+                                                               pending.DELETED)
+    deleted = [(pid, actor) for kind, pid, actor in _events(alice) if kind == "deleted"]
+    assert deleted == [(other, "owner"), (first, "owner"), (second, "owner")]
+    # The person behind the tag is listed, exactly: not his domain.
+    for sender in ("bob+news@remote.test", "bob@remote.test"):
+        decision = service.decide(alice.box, _incoming(sender))
+        assert decision.listing == policy.Listing(policy.BLACK, "bob@remote.test")
+    assert service.decide(alice.box, _incoming("ann@remote.test")).listing is None
+
+
+def test_release_by_sender_releases_everything_held_from_them(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob+x@remote.test", "two")
+    other = _hold(alice, "carol@remote.test", "three")
+    alice.challenges(2)
+    assert service.release_senders(alice.box, ["BOB+y@remote.test"], whitelist=False) == [
+        first, second]
+    assert service.decide(alice.box, _incoming("bob@remote.test")).listing is None
+    with pytest.raises(NotFound, match="nothing held from bob@remote.test, x@y.test"):
+        service.release_senders(alice.box, ["bob@remote.test", "x@y.test"], whitelist=True)
+    assert service.release_senders(alice.box, ["carol@remote.test"], whitelist=True) == [other]
+    assert service.decide(alice.box, _incoming("carol@remote.test")).listing == \
+        policy.Listing(policy.WHITE, "carol@remote.test")
+
+
+def test_list_add_and_remove_say_what_changed(alice: Service) -> None:
+    box = alice.box
+    assert service.list_add(box, policy.WHITE, ["bob@remote.test", "@example.org"], "n") == [
+        ("bob@remote.test", True), ("@example.org", True)]
+    assert service.list_add(box, policy.WHITE, ["BOB@remote.test"], "") == [
+        ("bob@remote.test", False)]
+    assert service.list_remove(box, policy.WHITE, ["bob@remote.test", "x@y.test"]) == (
+        ["bob@remote.test"], ["x@y.test"])
+    assert service.list_remove(box, policy.BLACK, ["@example.org"]) == ([], ["@example.org"])
+    unlisted = _last_event(alice)
+    assert (unlisted.kind, unlisted.at) == ("unlisted", alice.clock.now)
+    with transaction(box.engine, write=False) as session:
+        entry = lists.entry(session, box.owner, policy.WHITE, "@example.org")
+        assert entry is not None and entry.note == "n"
+    assert service.decide(box, _incoming("z@example.org")).listing == policy.Listing(
+        policy.WHITE, "@example.org")
+
+
+def test_open_mailbox_uses_the_settings_or_what_it_is_given(alice: Service) -> None:
+    settings = alice.box.settings
+    box = service.open_mailbox(settings)
+    try:
+        assert str(box.engine.url) == settings.database_url
+        assert isinstance(box.outbox, SendmailOutbox)
+        assert (box.outbox.command, box.outbox.timeout) == (settings.sendmail,
+                                                            settings.sendmail_timeout)
+        assert box.keys() == alice.box.keys()
+        assert abs(box.now() - time.time()) < 5
+    finally:
+        box.engine.dispose()
+    given = service.open_mailbox(settings, alice.box.engine, lambda: [b"k"], lambda: 7.5)
+    assert (given.engine, given.keys(), given.now(), given.owner) == (
+        alice.box.engine, [b"k"], 7, "alice@example.test")
+
+
+# A verdict that changed under the write lock ------------------------------------------------------
+
+def test_a_list_changed_before_the_lock_is_obeyed(alice: Service) -> None:
+    """Between the first look and the hold's write lock the owner may list the sender: the
+    hold reads the lists again and carries out the new verdict instead."""
+    box = replace(alice.box, settings=replace(alice.box.settings, delivery="maildir"))
+    for list_name, outcome, kind in ((policy.WHITE, Outcome.DELIVERED, "delivered"),
+                                     (policy.BLACK, Outcome.DROPPED, "dropped")):
+        sender = f"{kind}@remote.test"
+        envelope = Envelope(sender, "alice@example.test")
+        raw = RawMessage.from_bytes(message(sender))
+        facts = parse_head(raw.head)
+        incoming = acceptance.incoming(box.settings, envelope, facts)
+        service.list_add(box, list_name, [sender], "")
+        result = service._hold(box, envelope, raw, facts, incoming)
+        assert result.outcome is outcome
+        assert _events(alice)[-1][0] == kind
+    assert alice.files.outbox.drain(0) == []
+    [delivered] = alice.files.maildir_messages()
+    assert delivered.endswith(message("delivered@remote.test"))
+
+
+# Challenges sendmail could not take --------------------------------------------------------------
+
+def _last_event(alice: Service) -> Event:
+    with transaction(alice.box.engine, write=False) as session:
+        last = session.scalars(select(Event).order_by(Event.id.desc())).first()
+        assert last is not None
+        session.expunge(last)
+        return last
+
+
+def test_a_challenge_sendmail_refused_is_sent_on_the_retry_then_given_up(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(alice.box.settings,
+                                                    challenge_excerpt_lines=2))
+    failing = replace(alice.box, outbox=SendmailOutbox("/bin/false", 5))
+    raw = message("bob@remote.test", body="First line of the body\nsecond\n")
+    with pytest.raises(TemporaryFailure, match="exited 1"):
+        service.deliver(failing, Envelope("bob@remote.test", "alice@example.test"),
+                        RawMessage.from_bytes(raw))
+    # The MTA's retry finds the message held and sends the challenge recorded for it.
+    retry = alice.deliver(raw, "bob@remote.test")
+    assert (retry.outcome, retry.reason) == (Outcome.HELD, "challenged")
+    assert retry.detail == f"already held as {retry.pending_id}"
+    [challenge] = alice.challenges(1)
+    assert "First line of the body" in challenge.as_string()
+    assert [k for k, _, _ in _events(alice)] == ["held", "challenged", "challenge_retry"]
+    retried = _last_event(alice)
+    assert (retried.reason, retried.sender, retried.pending_id) == (
+        "", "bob@remote.test", retry.pending_id)
+    # Once sent, a further retry sends nothing again.
+    assert alice.deliver(raw, "bob@remote.test").detail == f"already held as {retry.pending_id}"
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_a_challenge_is_tried_three_times_then_the_message_stays_held(alice: Service) -> None:
+    failing = replace(alice.box, outbox=SendmailOutbox("/bin/false", 5))
+    raw = message("bob@remote.test")
+    envelope = Envelope("bob@remote.test", "alice@example.test")
+    for _ in range(policy.CHALLENGE_TRIES):
+        with pytest.raises(TemporaryFailure):
+            service.deliver(failing, envelope, RawMessage.from_bytes(raw))
+    result = service.deliver(failing, envelope, RawMessage.from_bytes(raw))
+    assert (result.outcome, result.reason) == (Outcome.HELD, "challenge_failed")
+    assert result.detail == (f"already held as {result.pending_id}; challenge not sent after "
+                             f"{policy.CHALLENGE_TRIES} tries")
+    assert [k for k, _, _ in _events(alice)] == [
+        "held", "challenged", "challenge_retry", "challenge_retry", "challenge_failed"]
+    failed = _last_event(alice)
+    assert (failed.owner, failed.at, failed.reason, failed.sender, failed.pending_id) == (
+        "alice@example.test", alice.clock.now, "challenge_failed", "bob@remote.test",
+        result.pending_id)
+    assert _status(alice, result.pending_id) == pending.HELD
+
+
+def test_a_release_address_names_its_own_message_not_the_oldest(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 10
+    second = _hold(alice, "bob@remote.test", "two")
+    alice.challenges(1)
+    result = _to_action(alice, "release", _owner_token(alice, "release", second))
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, second)
+    assert (_status(alice, first), _status(alice, second)) == (pending.HELD, pending.RELEASED)
+    unknown = _to_action(alice, "release", "b" * 24)
+    assert (unknown.reason, unknown.pending_id) == ("token_unknown", "")
+
+
+def test_an_accept_address_of_the_only_held_message_acts(alice: Service) -> None:
+    only = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    result = _to_action(alice, "accept", _owner_token(alice, "accept", only))
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, only)
+
+
+def test_an_expired_confirmation_gets_one_fresh_challenge_within_the_limits(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(
+        alice.box.settings, challenge_excerpt_lines=1, challenge_window=3600))
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    # The window is over, so one more challenge is allowed; it quotes the held message.
+    first = service.confirm(alice.box, token, service.Via.web())
+    assert (first.outcome, first.reason, first.pending_id) == (Outcome.DROPPED,
+                                                               "token_expired", held)
+    assert first.detail == ("confirm token expired; fresh challenge sent to bob@remote.test; "
+                            "dropped")
+    [fresh] = alice.challenges(1)
+    assert "Hi Alice" in fresh.as_string()
+    # The fresh challenge's time is the row's: the old token no longer verifies at all.
+    assert service.confirm(alice.box, token, service.Via.web()).reason == "token_forged"
+    new_token = confirm_address_of(fresh).split("-confirm-")[1].split("@")[0]
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    strict = replace(alice.box, settings=replace(alice.box.settings, challenge_limit=0))
+    limited = service.confirm(strict, new_token, service.Via.web())
+    assert limited.detail == ("confirm token expired; no fresh challenge (sender_rate_limit); "
+                              "dropped")
+    service.list_add(alice.box, policy.BLACK, ["bob@remote.test"], "")
+    blacklisted = service.confirm(alice.box, new_token, service.Via.web())
+    assert blacklisted.detail == ("confirm token expired; sender now blacklisted, no fresh "
+                                  "challenge; dropped")
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_release_by_several_senders_releases_each(alice: Service) -> None:
+    first = _hold(alice, "bob@remote.test", "one")
+    second = _hold(alice, "carol@remote.test", "two")
+    alice.challenges(2)
+    assert sorted(service.release_senders(alice.box, ["bob@remote.test", "carol@remote.test"],
+                                          whitelist=True)) == sorted([first, second])
+
+
+def test_a_deleted_message_is_stamped_and_logged_plainly(alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    alice.clock.now += 60
+    service.delete_ids(alice.box, [held])
+    deleted = _last_event(alice)
+    assert (deleted.kind, deleted.reason, deleted.at) == ("deleted", "", alice.clock.now)
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, held)
+        assert row is not None and row.released_at == alice.clock.now
