@@ -219,3 +219,11 @@ def test_a_signed_text_verifies_under_any_key_of_the_ring_and_nothing_else() -> 
     assert not tokens.check_text([KEY_A], "web", "abcdef", "not base32!")
     with pytest.raises(ValueError, match="unknown token purpose"):
         tokens.sign_text([KEY_A], "nonsense", "x")
+
+
+def test_a_key_ring_reached_through_a_symlink_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    real = tmp_path / "real-keys"
+    tokens.write_keys(real, tokens.new_ring(T0))
+    (tmp_path / "keys").symlink_to(real)
+    with pytest.raises(TemporaryFailure, match="is unreadable"):
+        tokens.load_keys(tmp_path / "keys")
