@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from typing import assert_never
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from crtool import (
@@ -219,7 +218,7 @@ def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
             log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
             if verdict.reason == policy.REPLY:
                 _whitelist(box, session, envelope.sender, REPLY_SOURCE, box.now())
-    except SQLAlchemyError as error:
+    except Exception as error:  # noqa: BLE001 - delivered already: a retry would deliver twice
         detail = f"{detail}; not logged ({type(error).__name__})"
     return Result(outcome, detail)
 
