@@ -1,5 +1,6 @@
 """The owner's listings at scale are index look-ups, never a scan of the table: `pending list
---reason/--sender`, the digest's groups and `history` (SQLite's query plan says so; PostgreSQL
+--reason/--sender`, the digest's groups, `history`, and the delivery path's reply and
+revoked-keyword look-ups (SQLite's query plan says so; PostgreSQL
 runs the same statements over the same indexes)."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import Select, func, select
 from sqlalchemy.dialects import sqlite
 
-from crtool.store import schema
+from crtool.store import schema, sent
 from crtool.store.engine import make_engine
 from crtool.store.models import Event, Pending
 
@@ -35,6 +36,9 @@ STATEMENTS = {
     "history": select(Event).where(Event.owner == OWNER,
                                    Event.sender_key.in_(["bob@remote.test", "@remote.test"]))
         .order_by(Event.at, Event.id),
+    # What replies and tagged addresses add to the delivery path, however much the owner sent.
+    "reply": sent.sent_statement(OWNER, ["<a@x.test>", "<b@x.test>"], 1_800_000_000),
+    "revoked keyword": sent.revoked_statement(OWNER, "keyword", "shop"),
 }
 
 
