@@ -478,8 +478,9 @@ def confirm(box: Mailbox, token: str, via: Via) -> Result:
                 log.record_event(session, box.owner, now, "dropped", reason, row.sender, row.id)
                 return Result(Outcome.DROPPED, f"{detail} ({reason}); dropped", row.id, reason)
             _whitelist(box, session, row.sender, CONFIRMED_SOURCE, now)
-            log.record_event(session, box.owner, now, "confirmed", "", row.sender, row.id,
-                             SENDER_ACTOR)
+            # The reason says how he confirmed ("mail" or "web"), for `history` to show.
+            log.record_event(session, box.owner, now, "confirmed", via.channel, row.sender,
+                             row.id, SENDER_ACTOR)
             confirmed = (row.id, row.sender, row.sender_key)
     _send(box, outgoing)
     if confirmed is None:
@@ -610,6 +611,8 @@ def _list_sender(box: Mailbox, session: Session, list_name: str, sender: str, so
 # RELEASE_BATCH messages or once it has held the lock RELEASE_SECONDS (Maildir writes are
 # fsynced, so their cost depends on the disk).
 RELEASE_BATCH = 100
+# `pending delete --blacklist` finds a sender's held messages this many at a time.
+DELETE_PAGE = 1000
 RELEASE_SECONDS = 0.25
 
 
@@ -740,7 +743,7 @@ def delete_ids(box: Mailbox, ids: Sequence[str], blacklist: bool = False) -> lis
             found = {row.id: row for row in rows}
             for key in dict.fromkeys(row.sender_key for row in rows):
                 after: tuple[int, str] | None = None
-                while batch := pending.held_batch(session, box.owner, key, 1000, after):
+                while batch := pending.held_batch(session, box.owner, key, DELETE_PAGE, after):
                     found.update((row.id, row) for row in batch)
                     after = (batch[-1].received_at, batch[-1].id)
             rows = sorted(found.values(), key=lambda row: (row.received_at, row.id))

@@ -18,7 +18,7 @@ from crtool.exits import Outcome
 from crtool.message import Facts, parse_head
 from crtool.outbox import SendmailOutbox
 from crtool.store import lists, pending
-from crtool.store.engine import transaction
+from crtool.store.engine import make_engine, transaction
 from crtool.store.models import Event, Owner
 from tests.integration.test_backscatter import Service
 from tests.integration.test_backscatter import alice as _alice_fixture
@@ -503,3 +503,92 @@ def test_a_deleted_message_is_stamped_and_logged_plainly(alice: Service) -> None
     with transaction(alice.box.engine, write=False) as session:
         row = pending.get(session, alice.box.owner, held)
         assert row is not None and row.released_at == alice.clock.now
+
+
+def test_delete_with_blacklist_pages_through_everything_held_from_the_sender(
+        alice: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More held than one page: every page is taken, none twice, oldest first."""
+    monkeypatch.setattr(service, "DELETE_PAGE", 2)
+    held = []
+    for n in range(5):
+        held.append(_hold(alice, "bob@remote.test", f"number {n}"))
+        alice.clock.now += 1
+    alice.challenges(1)
+    assert service.delete_ids(alice.box, [held[2]], blacklist=True) == held
+    assert {_status(alice, pid) for pid in held} == {pending.DELETED}
+
+
+def test_release_by_sender_removes_the_owners_own_subaddress_separators(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(alice.box.settings,
+                                                    subaddress_separators="-"))
+    held = _hold(alice, "bob-news@remote.test")
+    alice.challenges(1)
+    assert service.release_senders(alice.box, ["bob-other@remote.test"], whitelist=True) == [
+        held]
+    assert service.decide(alice.box, _incoming("bob-news@remote.test")).listing == \
+        policy.Listing(policy.WHITE, "bob@remote.test")
+
+
+def test_the_confirmed_event_says_how_the_sender_confirmed(alice: Service) -> None:
+    _hold(alice, "bob@remote.test")
+    by_web = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
+    assert by_web.outcome is Outcome.CONFIRMED
+    _hold(alice, "carol@remote.test")
+    [challenge] = alice.challenges(1)
+    by_mail = alice.deliver(message("carol@remote.test", "Re: confirm"), "carol@remote.test",
+                            confirm_address_of(challenge))
+    assert by_mail.outcome is Outcome.CONFIRMED
+    with transaction(alice.box.engine, write=False) as session:
+        said = [(e.sender, e.reason) for e in session.scalars(
+            select(Event).where(Event.kind == "confirmed").order_by(Event.id))]
+    assert said == [("bob@remote.test", "web"), ("carol@remote.test", "mail")]
+
+
+def test_a_released_message_gets_no_challenge_left_unsent_on_the_mtas_retry(
+        alice: Service) -> None:
+    """sendmail failed, so the MTA will deliver again; the owner released it meanwhile."""
+    failing = replace(alice.box, outbox=SendmailOutbox("/bin/false", 5))
+    raw = message("bob@remote.test")
+    with pytest.raises(TemporaryFailure):
+        service.deliver(failing, Envelope("bob@remote.test", "alice@example.test"),
+                        RawMessage.from_bytes(raw))
+    with transaction(alice.box.engine, write=False) as session:
+        [held] = session.scalars(select(pending.Pending.id)).all()
+    assert service.release(alice.box, [held]) == [held]
+    retry = alice.deliver(raw, "bob@remote.test")
+    assert (retry.outcome, retry.detail) == (Outcome.HELD, f"already held as {held}")
+    assert alice.files.outbox.drain(0) == []
+    assert [k for k, _, _ in _events(alice)] == ["held", "challenged", "released"]
+
+
+def test_open_mailbox_waits_for_a_writer_as_long_as_the_settings_say(alice: Service) -> None:
+    if alice.box.engine.dialect.name != "sqlite":
+        pytest.skip("a busy timeout is SQLite's")
+    settings = replace(alice.box.settings, database_timeout=2.5)
+    box = service.open_mailbox(settings)
+    try:
+        with box.engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2500
+    finally:
+        box.engine.dispose()
+
+
+def test_a_preview_is_not_kept_waiting_by_a_writer(alice: Service) -> None:
+    """Link scanners and the sender's page read while deliveries write: a preview takes no
+    write lock, so another process holding SQLite's does not stall it."""
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    if alice.box.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's one write lock is what this is about")
+    impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
+    writer = make_engine(alice.box.settings.database_url)
+    try:
+        with writer.connect() as other:
+            other.exec_driver_sql("UPDATE owners SET created_at = created_at")
+            seen = service.preview(replace(alice.box, engine=impatient), token)
+            other.rollback()
+        assert (seen.state, seen.row.id if seen.row else None) == ("ready", held)
+    finally:
+        impatient.dispose()
+        writer.dispose()

@@ -125,7 +125,7 @@ def test_history_says_every_decision_and_who_made_it(mailbox: Mailbox) -> None:
     seen = [(e["kind"], e["reason"], e["by"]) for e in history["events"]]
     assert seen == [
         ("held", "challenged", ""), ("challenged", "", ""),
-        ("listed", "white", "the sender's confirmation"), ("confirmed", "", "the sender"),
+        ("listed", "white", "the sender's confirmation"), ("confirmed", "mail", "the sender"),
         ("released", "", "the sender"), ("unlisted", "white", "the owner"),
         ("listed", "black", "the owner")], seen
     assert history["now"]["verdict"] == "drop"

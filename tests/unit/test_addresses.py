@@ -209,3 +209,21 @@ def test_a_pattern_may_be_254_characters_and_no_more() -> None:
     assert addresses.parse_pattern("@" + longest[2:]).key == "@" + longest[2:]
     with pytest.raises(UsageError):
         addresses.parse_pattern(longest + "c")
+
+
+@pytest.mark.parametrize(("key", "kind"), [
+    ("list:news.example.com", addresses.LIST), ("from:@example.com", addresses.FROM),
+    ("glob:bob-*@example.com", addresses.WILDCARD), ("*.example.com", addresses.SUBDOMAINS),
+    ("@example.com", addresses.DOMAIN), ("bob@example.com", addresses.EXACT),
+    ("*@example.com", addresses.EXACT), ("bob.list:x@example.com", addresses.EXACT)])
+def test_a_stored_key_names_its_own_kind(key: str, kind: str) -> None:
+    assert addresses.kind_of(key) == kind
+
+
+@pytest.mark.parametrize(("text", "parts"), [
+    ("<Bob@Example.com>", ("Bob", "Example.com")), ("  <bob@x.test>  ", ("bob", "x.test")),
+    ("<bob@x.test", ("<bob", "x.test")), ("a@b@x.test", ("a@b", "x.test")),
+    ("<>", ("", "")), ("bob", ("bob", "")), ("<bob>", ("bob", ""))])
+def test_split_address_drops_one_pair_of_angle_brackets_and_splits_at_the_last_at(
+        text: str, parts: tuple[str, str]) -> None:
+    assert addresses.split_address(text) == parts

@@ -186,6 +186,19 @@ def test_list_kinds_are_read_from_the_store_text_and_unknown_ones_decide_nothing
     assert policy.LIST_COMMANDS == {"whitelist": policy.WHITE, "blacklist": policy.BLACK}
 
 
+def test_an_entry_under_a_key_of_the_sender_beats_one_the_keys_do_not_name() -> None:
+    """A list: or glob: entry is found by other means than the sender's look-up keys; it
+    ranks below every key of the sender, and of two such entries the first found stands."""
+    keys = addresses.lookup_keys(TAGGED)
+    for matches in ([(policy.BLACK, "list:news.remote.test"), (policy.WHITE, keys[-1])],
+                    [(policy.WHITE, keys[-1]), (policy.BLACK, "list:news.remote.test")]):
+        assert policy.decide_listing(matches, keys) == policy.Listing(policy.WHITE, keys[-1])
+    assert policy.decide_listing([(policy.WHITE, "list:a.test"), (policy.WHITE, "list:b.test")],
+                                 keys) == policy.Listing(policy.WHITE, "list:a.test")
+    assert policy.decide_listing([(policy.WHITE, "list:a.test"), (policy.BLACK, "list:b.test")],
+                                 keys) == policy.Listing(policy.BLACK, "list:b.test")
+
+
 WHITE = policy.Listing(policy.WHITE, "bob@remote.test")
 
 

@@ -80,3 +80,12 @@ def test_the_lists_decide_before_any_tag() -> None:
     assert policy.classify(incoming(tag=revoked), WHITE).action is Action.ACCEPT
     assert policy.classify(incoming(tag=Tag("dated", "valid")), BLACK).action \
         is Action.BLACKLISTED
+
+
+@pytest.mark.parametrize(("status", "reason"), [
+    (policy.TAG_EXPIRED, "dated_expired"), (policy.TAG_WRONG_SENDER, "sender_mismatch"),
+    (policy.TAG_FORGED, "tag_forged"), (policy.TAG_VALID, None), (policy.TAG_REVOKED, None)])
+def test_a_tag_that_fails_says_why_it_reads_as_the_bare_address(status: str,
+                                                                 reason: str | None) -> None:
+    assert policy.tag_fallback_reason(Tag("dated", status)) == reason
+    assert policy.tag_fallback_reason(None) is None
