@@ -440,11 +440,11 @@ def confirm(box: Mailbox, token: str, via: Via) -> Result:
     if via.facts is not None:
         refusal = policy.confirm_reply_refusal(via.facts, via.sender)
         if refusal is not None:
-            return _refuse(box, via, refusal)
+            return _refuse(box, via.sender, refusal)
     try:
         token_id, _ = tokens.parse(token)
     except BadToken as error:
-        return _refuse(box, via, f"token_{error.reason}")
+        return _refuse(box, via.sender, f"token_{error.reason}")
 
     outgoing: _Outgoing | None = None
     confirmed: tuple[str, str, str] | None = None  # (id, sender, sender_key) to release
@@ -537,9 +537,9 @@ def preview(box: Mailbox, token: str) -> Preview:
         return Preview("ready" if row.status == pending.HELD else "used", row)
 
 
-def _refuse(box: Mailbox, via: Via, reason: str) -> Result:
+def _refuse(box: Mailbox, sender: str, reason: str) -> Result:
     with transaction(box.engine) as session:
-        log.record_event(session, box.owner, box.now(), "dropped", reason, via.sender)
+        log.record_event(session, box.owner, box.now(), "dropped", reason, sender)
     return Result(Outcome.DROPPED, f"confirmation refused ({reason}); dropped", reason=reason)
 
 
@@ -767,7 +767,7 @@ def owner_action(box: Mailbox, envelope: Envelope, word: str, token: str) -> Res
     try:
         token_id, _ = tokens.parse(token)
     except BadToken as error:
-        return _refuse(box, Via("mail", envelope.sender), f"token_{error.reason}")
+        return _refuse(box, envelope.sender, f"token_{error.reason}")
     with transaction(box.engine, write=False) as session:
         now = box.now()
         row = pending.get(session, box.owner, token_id)

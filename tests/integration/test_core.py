@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select
 
-from crtool import acceptance, policy, service, tokens
+from crtool import acceptance, policy, service, tag_service, tokens
 from crtool.addresses import OwnerAddress
 from crtool.envelope import Envelope, RawMessage
 from crtool.errors import NotFound, TemporaryFailure
@@ -587,8 +587,54 @@ def test_a_preview_is_not_kept_waiting_by_a_writer(alice: Service) -> None:
         with writer.connect() as other:
             other.exec_driver_sql("UPDATE owners SET created_at = created_at")
             seen = service.preview(replace(alice.box, engine=impatient), token)
+            decided = service.decide(replace(alice.box, engine=impatient),
+                                     _incoming("carol@remote.test"))
             other.rollback()
         assert (seen.state, seen.row.id if seen.row else None) == ("ready", held)
+        assert decided.verdict.action is policy.Action.CHALLENGE
     finally:
         impatient.dispose()
         writer.dispose()
+
+
+def test_decide_reads_a_tagged_address_as_delivery_does_and_records_nothing(
+        alice: Service) -> None:
+    address, _ = tag_service.sender(alice.box, "bob@remote.test", False)
+    for sender, action in (("bob@remote.test", policy.Action.ACCEPT),
+                           ("carol@remote.test", policy.Action.CHALLENGE)):
+        decision = service.decide(alice.box, _incoming(sender, address))
+        assert decision.verdict.action is action, (sender, decision)
+    assert _events(alice) == []
+
+
+def test_decide_counts_challenges_to_the_person_behind_the_owners_separators(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(alice.box.settings,
+                                                    subaddress_separators="-"))
+    _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    decision = service.decide(alice.box, _incoming("bob-lists@remote.test"))
+    assert (decision.verdict.action, decision.verdict.reason) == (policy.Action.HOLD,
+                                                                  "sender_rate_limit")
+
+
+def test_an_expired_confirmation_counts_the_challenges_already_sent_to_its_sender(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(
+        alice.box.settings, challenge_limit=1, challenge_window=30 * 86400))
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    result = service.confirm(alice.box, token, service.Via.web())
+    assert (result.reason, result.pending_id) == ("token_expired", held)
+    assert result.detail == ("confirm token expired; no fresh challenge (sender_rate_limit); "
+                             "dropped")
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_a_malformed_action_token_is_dropped_with_its_sender_logged(alice: Service) -> None:
+    result = _to_action(alice, "release", "not-a-token")
+    assert (result.outcome, result.reason) == (Outcome.DROPPED, "token_malformed")
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender) == ("dropped", "token_malformed",
+                                                     "anyone@elsewhere.test")
