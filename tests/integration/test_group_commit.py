@@ -6,6 +6,7 @@ waits on an event keeps a batch open while the next one queues, so nothing here 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -17,12 +18,15 @@ from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from crtool import addresses, policy
+from crtool import addresses, owners, policy
+from crtool.lmtp import Hub as LmtpHub
+from crtool.lmtp import _OwnerResources
 from crtool.store import log, schema
 from crtool.store.engine import enable_wal, make_engine, sqlite_path, transaction
 from crtool.store.ledger import GroupCommit, Ledger
 from crtool.store.models import AddressEntry, Event
-from tests.hub import wait_until
+from tests.hub import Hub, wait_until
+from tests.support import message
 
 OWNER = "alice@example.test"
 FRIEND = "friend@remote.test"
@@ -237,3 +241,45 @@ def test_the_plain_ledger_commits_each_job_alone(engine: Engine) -> None:
     assert len(commits) == 3
     assert _senders(engine) == [f"s{n}@remote.test" for n in range(3)]
 
+
+def test_the_hubs_owners_on_one_database_share_its_group_commit(
+        tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Concurrent deliveries of whitelisted mail to two owners, in the hub's own code: each
+    # answered 250 with its log line written, through the one group commit of the database.
+    if database_url.startswith("sqlite"):
+        database_url = f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
+    hub = Hub(tmp_path / "hub", database_url)
+    hub.init()
+    carol = "carol@example.test"
+    for owner in (OWNER, carol):
+        hub.add_owner(owner, tmp_path / "mail" / owner.split("@")[0])
+        hub.ok("whitelist", "add", FRIEND, "--owner", owner)
+    monkeypatch.setenv("CRTOOL_TEST_OUTBOX", str(hub.outbox.path))
+    system = owners.load_system(hub.config)
+    lmtp_hub = LmtpHub(system)
+    settings = {owner: lmtp_hub.owner_for(owner) for owner in (OWNER, carol)}
+    boxes = [_OwnerResources(lmtp_hub, s).mailbox(s) for s in settings.values() if s]
+    assert len(boxes) == 2 and boxes[0].ledger is boxes[1].ledger
+    assert isinstance(boxes[0].ledger, GroupCommit)
+    replies: list[str] = []
+
+    def deliver(owner: str, n: int) -> None:
+        found = settings[owner]
+        assert found is not None
+        done = lmtp_hub.deliver(found, FRIEND, owner, message(FRIEND, f"Hello {n}"))
+        replies.append(done.reply)
+
+    threads = [threading.Thread(target=deliver, args=(owner, n))
+               for n in range(CALLERS // 2) for owner in (OWNER, carol)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    lmtp_hub.engine().dispose()
+    assert len(replies) == CALLERS
+    assert all(r.startswith("250 ") and "not logged" not in r for r in replies), replies
+    for owner in (OWNER, carol):
+        new = tmp_path / "mail" / owner.split("@")[0] / "new"
+        assert len(list(new.iterdir())) == CALLERS // 2
+        stats = json.loads(hub.ok("stats", "--json", "--owner", owner))
+        assert stats["counts"]["delivered"] == CALLERS // 2
