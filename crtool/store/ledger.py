@@ -82,6 +82,7 @@ class GroupCommit(Ledger):
         """Write `job` with whatever else is queued; returns once it is committed, or raises
         the error that kept it out."""
         waiter = _Waiter(job)
+        batch: list[_Waiter] = []
         with self._turn:
             self._queue.append(waiter)
             while self._writing and not waiter.done:
@@ -91,7 +92,7 @@ class GroupCommit(Ledger):
             if not waiter.done:
                 self._writing = True
                 batch, self._queue = self._queue, []
-        if not waiter.done:
+        if batch:
             self._lead(batch)
         if waiter.error is not None:
             raise waiter.error
