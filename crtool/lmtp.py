@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from crtool.service import Mailbox
+    from crtool.store.ledger import GroupCommit
 
 # A served owner is looked up again after this long, so `owner add`/`remove` take effect
 # within it; an address that is not served is looked up every time.
@@ -97,8 +98,9 @@ def retriable(error: BaseException) -> bool:
 
 class Hub:
     """What every session shares: the system config, owners (cached briefly), one engine per
-    database URL, the key ring (re-read when its file changes) and the counters that shutdown
-    and the session limit look at."""
+    database URL and one group commit per engine (the delivered mail's log lines of concurrent
+    deliveries share a commit), the key ring (re-read when its file changes) and the counters
+    that shutdown and the session limit look at."""
 
     def __init__(self, system: owners.System) -> None:
         from crtool.serve import Warm
@@ -108,6 +110,8 @@ class Hub:
         self.log_lock = threading.Lock()
         self._owners: dict[str, tuple[float, Settings]] = {}
         self._owners_lock = threading.Lock()
+        self._ledgers: dict[Engine, GroupCommit] = {}
+        self._ledgers_lock = threading.Lock()
         self.sessions = 0
         self.busy: weakref.WeakSet[SMTP] = weakref.WeakSet()
         self.live: weakref.WeakSet[SMTP] = weakref.WeakSet()
@@ -115,6 +119,15 @@ class Hub:
 
     def engine(self) -> Engine:
         return self.warm.engine(owners.host_settings(self.system))
+
+    def ledger(self, engine: Engine) -> GroupCommit:
+        """The group commit of `engine`, shared by every owner whose database it is."""
+        from crtool.store.ledger import GroupCommit
+
+        with self._ledgers_lock:
+            if engine not in self._ledgers:
+                self._ledgers[engine] = GroupCommit(engine)
+            return self._ledgers[engine]
 
     def owner_for(self, recipient: str) -> Settings | None:
         """The settings of the served owner `recipient` belongs to, or None."""
@@ -188,8 +201,9 @@ class _OwnerResources:
         from crtool import service
 
         warm = self.hub.warm
-        return service.open_mailbox(settings, warm.engine(settings),
-                                    lambda: warm.keys(settings.keys_path))
+        engine = warm.engine(settings)
+        return service.open_mailbox(settings, engine, lambda: warm.keys(settings.keys_path),
+                                    ledger=self.hub.ledger(engine))
 
 
 class Handler:

@@ -40,6 +40,7 @@ from crtool.message import Facts, parse_head
 from crtool.outbox import Outbox
 from crtool.store import lists, log, pending
 from crtool.store.engine import transaction
+from crtool.store.ledger import Job, Ledger
 from crtool.store.models import Pending
 
 KeyLoader = Callable[[], Sequence[bytes]]
@@ -81,6 +82,9 @@ class Mailbox:
     outbox: Outbox
     keys: KeyLoader
     clock: Callable[[], float] = time.time
+    # Where a delivery's after-the-fact records go (store/ledger.py); None: each in its own
+    # transaction. The hub passes one shared group commit per database.
+    ledger: Ledger | None = None
 
     @property
     def owner(self) -> str:
@@ -89,12 +93,21 @@ class Mailbox:
     def now(self) -> int:
         return int(self.clock())
 
+    def write_after(self, job: Job) -> None:
+        """Write what is recorded once the mail is safe (a delivered message's log line):
+        committed when this returns, or raises what kept it out. Never from inside a
+        transaction: the hub's batch may be written by another thread, which would wait for
+        the write lock this one holds."""
+        (self.ledger or Ledger(self.engine)).write(job)
+
 
 def open_mailbox(settings: Settings, engine: Engine | None = None,
-                 keys: KeyLoader | None = None, clock: Callable[[], float] = time.time) -> Mailbox:
+                 keys: KeyLoader | None = None, clock: Callable[[], float] = time.time,
+                 ledger: Ledger | None = None) -> Mailbox:
     """The owner's mailbox, the one place one is built: the configured database, sendmail and
     key ring (read when a token is made or checked, so `keys rotate` counts). A resident
-    server passes the engine and the key loader it keeps between deliveries."""
+    server passes the engine and the key loader it keeps between deliveries; the hub, the
+    group commit its deliveries share."""
     from crtool.outbox import SendmailOutbox
     from crtool.store.engine import make_engine
 
@@ -106,6 +119,7 @@ def open_mailbox(settings: Settings, engine: Engine | None = None,
         keys=keys if keys is not None else (
             lambda: tokens.secrets_of(tokens.load_keys(settings.keys_path))),
         clock=clock,
+        ledger=ledger,
     )
 
 
@@ -208,16 +222,20 @@ def _listing(box: Mailbox, session: Session,
 def _accept(box: Mailbox, envelope: Envelope, raw: RawMessage,
             verdict: policy.Verdict) -> Result:
     """Deliver first, with no database lock held (the Maildir's fsyncs are the slow part),
-    then log it in a short transaction of its own. The mail is safe once delivered: a log
-    that cannot be written then must not turn it into a temporary failure, which would make
-    the MTA deliver it twice."""
+    then log it in a short write of its own (the hub's deliveries share one, store/ledger.py).
+    The mail is safe once delivered: a log that cannot be written then must not turn it into
+    a temporary failure, which would make the MTA deliver it twice."""
     key = verdict.listing.key if verdict.listing else verdict.reason
     outcome, detail = acceptance.accept(box.settings, envelope, raw, key)
+    now = box.now()
+
+    def record(session: Session) -> None:
+        log.record_event(session, box.owner, now, "delivered", key, envelope.sender)
+        if verdict.reason == policy.REPLY:
+            _whitelist(box, session, envelope.sender, REPLY_SOURCE, now)
+
     try:
-        with transaction(box.engine) as session:
-            log.record_event(session, box.owner, box.now(), "delivered", key, envelope.sender)
-            if verdict.reason == policy.REPLY:
-                _whitelist(box, session, envelope.sender, REPLY_SOURCE, box.now())
+        box.write_after(record)
     except Exception as error:  # noqa: BLE001 - delivered already: a retry would deliver twice
         detail = f"{detail}; not logged ({type(error).__name__})"
     return Result(outcome, detail)
