@@ -17,8 +17,9 @@ from crtool.errors import NotFound, TemporaryFailure
 from crtool.exits import Outcome
 from crtool.message import Facts, parse_head
 from crtool.outbox import SendmailOutbox
-from crtool.store import lists, pending
+from crtool.store import lists, pending, sent
 from crtool.store.engine import make_engine, transaction
+from crtool.store.ledger import Ledger
 from crtool.store.models import Event, Owner
 from tests.integration.test_backscatter import Service
 from tests.integration.test_backscatter import alice as _alice_fixture
@@ -638,3 +639,73 @@ def test_a_malformed_action_token_is_dropped_with_its_sender_logged(alice: Servi
     last = _last_event(alice)
     assert (last.kind, last.reason, last.sender) == ("dropped", "token_malformed",
                                                      "anyone@elsewhere.test")
+
+
+def test_a_delivery_is_logged_with_its_sender_and_the_entry_that_let_it_in(
+        alice: Service) -> None:
+    service.list_add(alice.box, policy.WHITE, ["@friends.test"], "")
+    result = alice.deliver(message("ann@friends.test"), "ann@friends.test")
+    assert (result.outcome, result.detail.split(";")[0]) == (Outcome.CONTINUE,
+                                                              "whitelisted (@friends.test)")
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender, last.at) == (
+        "delivered", "@friends.test", "ann@friends.test", alice.clock.now)
+    assert "not logged" not in result.detail
+
+
+def test_a_reply_to_the_owners_mail_is_delivered_and_whitelists_its_sender(
+        alice: Service) -> None:
+    with transaction(alice.box.engine) as session:
+        sent.record(session, alice.box.owner, ["<out.1@example.test>"], alice.clock.now)
+    reply = message("bob@remote.test", "Re: lunch",
+                    headers={"In-Reply-To": "<out.1@example.test>"})
+    result = alice.deliver(reply, "bob@remote.test")
+    assert (result.outcome, result.detail.split(";")[0]) == (Outcome.CONTINUE,
+                                                              "whitelisted (reply)")
+    with transaction(alice.box.engine, write=False) as session:
+        logged = [(e.kind, e.reason, e.sender) for e in session.scalars(
+            select(Event).order_by(Event.id))]
+    assert logged == [("delivered", "reply", "bob@remote.test"),
+                      ("listed", "white", "bob@remote.test")]
+    with transaction(alice.box.engine, write=False) as session:
+        entry = lists.entry(session, alice.box.owner, policy.WHITE, "bob@remote.test")
+        assert entry is not None and (entry.source, entry.created_at) == ("reply",
+                                                                          alice.clock.now)
+    # A delivery for another reason whitelists nobody.
+    service.list_add(alice.box, policy.WHITE, ["@friends.test"], "")
+    alice.deliver(message("ann@friends.test"), "ann@friends.test")
+    assert service.decide(alice.box, _incoming("ann@friends.test")).listing == \
+        policy.Listing(policy.WHITE, "@friends.test")
+
+
+def test_a_delivered_message_whose_log_cannot_be_written_says_so(alice: Service) -> None:
+    if alice.box.engine.dialect.name != "sqlite":
+        pytest.skip("a read-only engine is SQLite's")
+    service.list_add(alice.box, policy.WHITE, ["ann@friends.test"], "")
+    read_only = make_engine(alice.box.settings.database_url, read_only=True)
+    try:
+        box = replace(alice.box, ledger=Ledger(read_only))
+        result = service.deliver(box, Envelope("ann@friends.test", "alice@example.test"),
+                                 RawMessage.from_bytes(message("ann@friends.test")))
+    finally:
+        read_only.dispose()
+    assert result.outcome is Outcome.CONTINUE
+    assert result.detail == "whitelisted (ann@friends.test); not logged (TemporaryFailure)"
+
+
+def test_a_confirmation_releasing_many_names_ten_and_counts_the_rest(alice: Service) -> None:
+    held = []
+    for n in range(12):
+        held.append(_hold(alice, "bob@remote.test", f"number {n}"))
+        alice.clock.now += 1
+    result = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
+    # The confirmed message is released last.
+    assert result.detail == (f"bob@remote.test confirmed; released 12 message(s): "
+                             f"{' '.join(held[1:11])} and 2 more")
+    ten = []
+    for n in range(10):
+        ten.append(_hold(alice, "dave@remote.test", f"number {n}"))
+        alice.clock.now += 1
+    result = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
+    assert result.detail == (f"dave@remote.test confirmed; released 10 message(s): "
+                             f"{' '.join(ten[1:] + ten[:1])}")
