@@ -709,3 +709,13 @@ def test_a_confirmation_releasing_many_names_ten_and_counts_the_rest(alice: Serv
     result = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
     assert result.detail == (f"dave@remote.test confirmed; released 10 message(s): "
                              f"{' '.join(ten[1:] + ten[:1])}")
+
+
+def test_the_owner_releases_a_sender_he_has_blacklisted_since_when_he_asks_to(
+        alice: Service) -> None:
+    """Only a confirmation rechecks the blacklist; the owner's own release is his word."""
+    held = _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    service.list_add(alice.box, policy.BLACK, ["bob@remote.test"], "")
+    assert service.release_senders(alice.box, ["bob@remote.test"], whitelist=False) == [held]
+    assert _status(alice, held) == pending.RELEASED
