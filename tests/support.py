@@ -4,6 +4,7 @@ environment for `crtool deliver` run as a subprocess, and the outbox the sendmai
 
 from __future__ import annotations
 
+import atexit
 import email
 import email.policy
 import os
@@ -11,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -133,6 +135,10 @@ def confirm_address_of(challenge: EmailMessage) -> str:
     return address
 
 
+# The home `crtool init` made, per owner address, for Mailbox.init to copy.
+_TEMPLATES: dict[str, Path] = {}
+
+
 @dataclass
 class Mailbox:
     """alice@example.test protected by crtool in a temporary home."""
@@ -177,6 +183,28 @@ class Mailbox:
         return result.stdout.decode()
 
     def init(self, *extra: str) -> None:
+        """`crtool init`. A plain SQLite home (most tests') is made once per test process
+        and copied after that, with its paths rewritten: a process start and the migrations
+        cost half a second a test, and copied it is the very home `init` makes. The homes
+        of one test process so share a key ring, which no test compares across homes."""
+        if extra or self.database_url != f"sqlite:///{self.home / 'crtool.db'}":
+            self._init(*extra)
+            return
+        template = _TEMPLATES.get(self.address)
+        if template is None:
+            root = Path(tempfile.mkdtemp(prefix="crtool-test-home-"))
+            atexit.register(shutil.rmtree, root, True)
+            template = root / "user"
+            template.mkdir(mode=0o755)
+            Mailbox(template, f"sqlite:///{template / '.crtool' / 'crtool.db'}",
+                    self.address)._init()
+            _TEMPLATES[self.address] = template
+        shutil.copytree(template / ".crtool", self.home)
+        shutil.copytree(template / "Maildir", self.maildir)
+        config = self.home / "config.toml"
+        config.write_text(config.read_text().replace(str(template), str(self.user_home)))
+
+    def _init(self, *extra: str) -> None:
         self.ok("init", "--address", self.address, "--maildir", str(self.maildir),
                 "--sendmail", str(CAPTURE_SENDMAIL), "--database-url", self.database_url,
                 *extra)

@@ -102,6 +102,8 @@ def test_malformed_tokens(bad: str) -> None:
     with pytest.raises(BadToken) as caught:
         verify(bad)
     assert caught.value.reason == "malformed"
+    # The event log's reason is the word; the message says what was wrong with the text.
+    assert str(caught.value) == f"malformed: {len(bad.strip())} characters"
 
 
 def test_bound_to_sender_owner_time_and_purpose() -> None:
@@ -126,6 +128,7 @@ def test_expiry_is_absolute_with_clock_skew() -> None:
     with pytest.raises(BadToken) as caught:
         verify(text, now=T0 - tokens.CLOCK_SKEW - 1)
     assert caught.value.reason == "future"
+    assert str(caught.value) == "future: challenge time is ahead of this host's clock"
 
 
 def test_a_forged_token_reads_as_forged_even_when_expired() -> None:
