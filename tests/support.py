@@ -139,6 +139,13 @@ def confirm_address_of(challenge: EmailMessage) -> str:
 _TEMPLATES: dict[str, Path] = {}
 
 
+def _remove_if_mine(root: Path, pid: int) -> None:
+    """At exit, the process that made a template removes it; a forked child (a mutation
+    run's) must not take it from under its parent."""
+    if os.getpid() == pid:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @dataclass
 class Mailbox:
     """alice@example.test protected by crtool in a temporary home."""
@@ -191,9 +198,9 @@ class Mailbox:
             self._init(*extra)
             return
         template = _TEMPLATES.get(self.address)
-        if template is None:
+        if template is None or not template.is_dir():
             root = Path(tempfile.mkdtemp(prefix="crtool-test-home-"))
-            atexit.register(shutil.rmtree, root, True)
+            atexit.register(_remove_if_mine, root, os.getpid())
             template = root / "user"
             template.mkdir(mode=0o755)
             Mailbox(template, f"sqlite:///{template / '.crtool' / 'crtool.db'}",
