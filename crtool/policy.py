@@ -169,7 +169,11 @@ def _keyword(facts: Facts, name: str) -> str | None:
 
 
 def _auto_submitted(m: Incoming) -> bool:
-    value = _keyword(m.facts, "auto-submitted")
+    return _says_auto_submitted(m.facts)
+
+
+def _says_auto_submitted(facts: Facts) -> bool:
+    value = _keyword(facts, "auto-submitted")
     return value is not None and value != "no"
 
 
@@ -182,7 +186,11 @@ def _response_suppressed(m: Incoming) -> bool:
 
 
 def _bulk_precedence(m: Incoming) -> bool:
-    return (_keyword(m.facts, "precedence") or "") in BULK_PRECEDENCE
+    return _says_bulk(m.facts)
+
+
+def _says_bulk(facts: Facts) -> bool:
+    return (_keyword(facts, "precedence") or "") in BULK_PRECEDENCE
 
 
 def _own_address(m: Incoming) -> bool:
@@ -542,9 +550,7 @@ def confirm_reply_refusal(facts: Facts, sender: str) -> str | None:
     """
     if sender in ("", "#@[]"):
         return "confirm_from_null_sender"
-    probe = Incoming(sender=sender, sender_valid=True, recipient="", facts=facts,
-                     owner=addresses.OwnerAddress(""))
-    if (_auto_submitted(probe) or _bulk_precedence(probe)
+    if (_says_auto_submitted(facts) or _says_bulk(facts)
             or any(facts.has(h) for h in LIST_HEADERS + CHALLENGE_MARKERS)):
         return "confirm_automated"
     return None

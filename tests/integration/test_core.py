@@ -719,3 +719,57 @@ def test_the_owner_releases_a_sender_he_has_blacklisted_since_when_he_asks_to(
     service.list_add(alice.box, policy.BLACK, ["bob@remote.test"], "")
     assert service.release_senders(alice.box, ["bob@remote.test"], whitelist=False) == [held]
     assert _status(alice, held) == pending.RELEASED
+
+
+def test_a_blacklisted_sender_is_dropped_or_bounced_as_the_owner_chose(alice: Service) -> None:
+    service.list_add(alice.box, policy.BLACK, ["@spam.test"], "")
+    dropped = alice.deliver(message("ann@spam.test"), "ann@spam.test")
+    assert dropped == service.Result(Outcome.DROPPED, "blacklisted (@spam.test); dropped",
+                                     reason="blacklisted")
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender, last.at, last.owner) == (
+        "dropped", "blacklisted", "ann@spam.test", alice.clock.now, "alice@example.test")
+    alice.clock.now += 5
+    bounced = alice.deliver(message("bea@spam.test"), "bea@spam.test",
+                            blacklist_action="bounce")
+    assert bounced == service.Result(Outcome.BOUNCED, "sender is not accepted by the recipient",
+                                     reason="@spam.test")
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender, last.at) == (
+        "bounced", "blacklisted", "bea@spam.test", alice.clock.now)
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_mail_to_a_revoked_keyword_is_dropped_never_bounced(alice: Service) -> None:
+    address, _ = tag_service.keyword(alice.box, "shop")
+    tag_service.revoke_keyword(alice.box, "shop")
+    alice.clock.now += 5
+    result = alice.deliver(message("news@shop.test", to=address), "news@shop.test", address,
+                           blacklist_action="bounce")
+    assert result == service.Result(Outcome.DROPPED, "keyword_revoked; dropped",
+                                    reason="keyword_revoked")
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender, last.at, last.owner) == (
+        "dropped", "keyword_revoked", "news@shop.test", alice.clock.now, "alice@example.test")
+
+
+def test_a_confirmation_used_or_of_a_sender_blacklisted_since_changes_nothing(
+        alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    assert service.confirm(alice.box, token, service.Via.web()).outcome is Outcome.CONFIRMED
+    again = service.confirm(alice.box, token, service.Via.web())
+    assert again == service.Result(
+        Outcome.DROPPED, f"{held} is no longer held; the token was used (token_used); dropped",
+        held, "token_used")
+    other = _hold(alice, "carol@remote.test")
+    token = _confirm_token(alice)
+    service.list_add(alice.box, policy.BLACK, ["carol@remote.test"], "")
+    refused = service.confirm(alice.box, token, service.Via.web())
+    assert refused == service.Result(
+        Outcome.DROPPED, "carol@remote.test is blacklisted now; nothing released "
+        "(confirm_blacklisted); dropped", other, "confirm_blacklisted")
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender, last.pending_id) == (
+        "dropped", "confirm_blacklisted", "carol@remote.test", other)
+    assert _status(alice, other) == pending.HELD
