@@ -773,3 +773,72 @@ def test_a_confirmation_used_or_of_a_sender_blacklisted_since_changes_nothing(
     assert (last.kind, last.reason, last.sender, last.pending_id) == (
         "dropped", "confirm_blacklisted", "carol@remote.test", other)
     assert _status(alice, other) == pending.HELD
+
+
+def _confirm_by_mail(alice: Service, token: str, sender: str = "bob@remote.test",
+                     ) -> service.Result:
+    address = f"alice-confirm-{token}@example.test"
+    return alice.deliver(message(sender, "Re: confirm", to=address), sender, address)
+
+
+def _dropped(alice: Service) -> tuple[str, str, str, str, int, str]:
+    last = _last_event(alice)
+    return last.kind, last.reason, last.sender, last.pending_id, last.at, last.owner
+
+
+def test_each_confirmation_that_fails_says_why_in_its_answer_and_its_event(
+        alice: Service) -> None:
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    owner, now = "alice@example.test", alice.clock.now
+    unknown = _confirm_by_mail(alice, "a" * 8 + token[8:])
+    assert unknown == service.Result(
+        Outcome.DROPPED, "confirm token matches no held message; dropped",
+        reason="token_unknown")
+    assert _dropped(alice) == ("dropped", "token_unknown", "bob@remote.test", "", now, owner)
+    forged = _confirm_by_mail(alice, token[:8] + "a" * 16)
+    assert forged == service.Result(Outcome.DROPPED, "confirm token forged; dropped", held,
+                                    "token_forged")
+    assert _dropped(alice) == ("dropped", "token_forged", "bob@remote.test", held, now, owner)
+    alice.clock.now += alice.box.settings.confirm_ttl + 301
+    expired = _confirm_by_mail(alice, token)
+    assert (expired.outcome, expired.pending_id, expired.reason) == (
+        Outcome.DROPPED, held, "token_expired")
+    assert _dropped(alice) == ("dropped", "token_expired", "bob@remote.test", held,
+                               alice.clock.now, owner)
+    fresh = confirm_address_of(alice.challenges(1)[0]).split("-confirm-")[1].split("@")[0]
+    assert _confirm_by_mail(alice, fresh).outcome is Outcome.CONFIRMED
+    used = _confirm_by_mail(alice, fresh, "carol@remote.test")
+    assert used == service.Result(
+        Outcome.DROPPED, f"{held} is no longer held; the token was used (token_used); dropped",
+        held, "token_used")
+    # The event names the sender of the held message, whoever sent the reply.
+    assert _dropped(alice) == ("dropped", "token_used", "bob@remote.test", held,
+                               alice.clock.now, owner)
+
+
+def test_a_released_message_lands_under_its_own_name_with_its_envelope(
+        alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(alice.box.settings, delivery="maildir"))
+    held = _hold(alice, "bob@remote.test", "kept")
+    alice.challenges(1)
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, held)
+        assert row is not None
+        received_at = row.received_at
+    alice.clock.now += 60
+    assert service.release(alice.box, [held]) == [held]
+    [path] = sorted((alice.files.maildir / "new").iterdir())
+    assert path.name == f"{received_at}.R{held}.alice_example_test.crtool"
+    body = path.read_bytes()
+    assert body.startswith(b"Return-Path: <bob@remote.test>\n"
+                           b"Delivered-To: alice@example.test\nFrom: bob@remote.test\n")
+    assert b"Subject: kept" in body
+    with transaction(alice.box.engine, write=False) as session:
+        row = pending.get(session, alice.box.owner, held)
+        assert row is not None and (row.status, row.released_at) == (pending.RELEASED,
+                                                                      alice.clock.now)
+        assert not pending.has_bytes(session, held)
+    last = _last_event(alice)
+    assert (last.kind, last.reason, last.sender, last.pending_id, last.actor) == (
+        "released", "", "bob@remote.test", held, "owner")
