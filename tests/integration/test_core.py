@@ -842,3 +842,42 @@ def test_a_released_message_lands_under_its_own_name_with_its_envelope(
     last = _last_event(alice)
     assert (last.kind, last.reason, last.sender, last.pending_id, last.actor) == (
         "released", "", "bob@remote.test", held, "owner")
+
+
+def _logged(alice: Service) -> list[tuple[str, str, str, str]]:
+    with transaction(alice.box.engine, write=False) as session:
+        return [(e.kind, e.reason, e.sender, e.pending_id) for e in session.scalars(
+            select(Event).order_by(Event.id))]
+
+
+def test_a_hold_says_what_it_did_in_its_answer_and_its_events(alice: Service) -> None:
+    challenged = alice.deliver(message("bob@remote.test"), "bob@remote.test")
+    held = challenged.pending_id
+    assert challenged == service.Result(
+        Outcome.HELD, f"held as {held}; challenge sent to bob@remote.test", held, "challenged")
+    silent = alice.deliver(message("news@list.test", headers={"Precedence": "bulk"}),
+                           "news@list.test")
+    quiet = silent.pending_id
+    assert silent == service.Result(
+        Outcome.HELD, f"held as {quiet} without challenge (bulk_precedence)", quiet,
+        "bulk_precedence")
+    assert _logged(alice) == [("held", "challenged", "bob@remote.test", held),
+                              ("challenged", "", "bob@remote.test", held),
+                              ("held", "bulk_precedence", "news@list.test", quiet)]
+
+
+def test_purging_takes_what_is_older_than_asked_and_says_how_many(alice: Service) -> None:
+    ids = []
+    for n in range(3):
+        ids.append(_hold(alice, f"s{n}@remote.test"))
+        alice.clock.now += 10
+    alice.challenges(3)
+    # Now is 30 s after the first: 15 s or older are the first two.
+    assert service.purge_expired(alice.box, older_than=15) == 2
+    assert service.purge_expired(alice.box, older_than=15) == 0
+    with transaction(alice.box.engine, write=False) as session:
+        left = [pending.get(session, alice.box.owner, pid) for pid in ids]
+    assert [row.status if row else None for row in left] == [None, None, pending.HELD]
+    assert service.purge_expired(alice.box) == 0
+    alice.clock.now += alice.box.settings.hold_ttl
+    assert service.purge_expired(alice.box) == 1
