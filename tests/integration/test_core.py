@@ -881,3 +881,29 @@ def test_purging_takes_what_is_older_than_asked_and_says_how_many(alice: Service
     assert service.purge_expired(alice.box) == 0
     alice.clock.now += alice.box.settings.hold_ttl
     assert service.purge_expired(alice.box) == 1
+
+
+def test_a_purge_that_cannot_run_is_said_after_the_delivery_never_raised(
+        alice: Service) -> None:
+    """The delivery is committed before the purge runs: a purge kept out by another writer
+    adds its cause (the driver's words, one line) to the answer and changes nothing else."""
+    if alice.box.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's one write lock is what keeps the purge out")
+    _hold(alice, "old@remote.test")
+    alice.challenges(1)
+    alice.clock.now += alice.box.settings.hold_ttl + 1
+    impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
+    writer = make_engine(alice.box.settings.database_url)
+    done = service.Result(Outcome.HELD, "held as x", "x", "challenged")
+    try:
+        with writer.connect() as other:
+            other.exec_driver_sql("UPDATE owners SET created_at = created_at")
+            said = service._purged_after(replace(alice.box, engine=impatient), done)
+            other.rollback()
+    finally:
+        impatient.dispose()
+        writer.dispose()
+    assert said == replace(done, detail="held as x (expired mail not purged: database is "
+                                        "locked)")
+    assert service._purged_after(alice.box, done) == done
+    assert service.purge_expired(alice.box) == 0

@@ -230,3 +230,16 @@ def test_a_key_ring_reached_through_a_symlink_is_refused(tmp_path) -> None:  # t
     (tmp_path / "keys").symlink_to(real)
     with pytest.raises(TemporaryFailure, match="is unreadable"):
         tokens.load_keys(tmp_path / "keys")
+
+
+def test_a_stray_byte_in_the_key_ring_is_damage_where_it_matters_and_nowhere_else(
+        tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An editor's non-ASCII byte in a comment leaves the ring readable; in a key's line it
+    is a damaged line (a broken environment: tempfail), never a crash."""
+    path = tmp_path / "keys"
+    tokens.write_keys(path, [tokens.Key(T0, KEY_A)])
+    path.write_bytes(b"# r\xe9sum\xc3\xa9 of the keys\n" + path.read_bytes())
+    assert tokens.secrets_of(tokens.load_keys(path)) == [KEY_A]
+    path.write_bytes(f"{T0} {KEY_A.hex()}".encode() + b"\xe9\n")
+    with pytest.raises(TemporaryFailure, match="line 1 is damaged"):
+        tokens.load_keys(path)
