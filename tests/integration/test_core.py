@@ -907,3 +907,49 @@ def test_a_purge_that_cannot_run_is_said_after_the_delivery_never_raised(
                                         "locked)")
     assert service._purged_after(alice.box, done) == done
     assert service.purge_expired(alice.box) == 0
+
+
+def test_observe_mode_delivers_what_enforce_would_stop_and_says_why(alice: Service) -> None:
+    alice.box = replace(alice.box, settings=replace(alice.box.settings, mode="observe",
+                                                    delivery="maildir"))
+    result = alice.deliver(message("bob@remote.test", "observed"), "bob@remote.test")
+    assert (result.outcome, result.reason) == (Outcome.DELIVERED, "challenged")
+    assert result.detail.startswith("whitelisted (observe mode: challenged); delivered to ")
+    [body] = alice.files.maildir_messages()
+    assert b"Subject: observed" in body
+    assert _logged(alice) == [("observed", "challenged", "bob@remote.test", "")]
+    assert alice.files.outbox.drain(0) == []
+
+
+def test_a_whitelisted_delivery_writes_its_message_and_takes_no_lock_to_decide(
+        alice: Service) -> None:
+    """Deciding only reads: another process holding SQLite's write lock keeps a whitelisted
+    message from nothing but its log line."""
+    alice.box = replace(alice.box, settings=replace(alice.box.settings, delivery="maildir"))
+    service.list_add(alice.box, policy.WHITE, ["ann@friends.test"], "")
+    if alice.box.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's one write lock is what this is about")
+    impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
+    writer = make_engine(alice.box.settings.database_url)
+    try:
+        with writer.connect() as other:
+            other.exec_driver_sql("UPDATE owners SET created_at = created_at")
+            result = service.deliver(replace(alice.box, engine=impatient),
+                                     Envelope("ann@friends.test", "alice@example.test"),
+                                     RawMessage.from_bytes(message("ann@friends.test", "hi")))
+            other.rollback()
+    finally:
+        impatient.dispose()
+        writer.dispose()
+    assert result.outcome is Outcome.DELIVERED
+    assert result.detail.endswith("; not logged (OperationalError)"), result.detail
+    [body] = alice.files.maildir_messages()
+    assert body.startswith(b"Return-Path: <ann@friends.test>\n") and b"Subject: hi" in body
+
+
+def test_mail_to_a_tag_that_does_not_hold_is_recorded_as_such(alice: Service) -> None:
+    address, _ = tag_service.sender(alice.box, "bob@remote.test", False)
+    result = alice.deliver(message("carol@remote.test", to=address), "carol@remote.test",
+                           address)
+    assert (result.outcome, result.reason) == (Outcome.HELD, "challenged")
+    assert _logged(alice)[0] == ("tagged", "sender_mismatch", "carol@remote.test", "")

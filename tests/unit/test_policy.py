@@ -77,6 +77,8 @@ TABLE: list[tuple[str, policy.Incoming, str | None]] = [
 # Rows that look like a rule applies and must not: each is a challenge.
 NOT_SUPPRESSED: list[tuple[str, policy.Incoming]] = [
     ("auto_submitted_no", incoming("Auto-Submitted: No (a person wrote this)\n")),
+    # RFC 3834 lets parameters follow after ";", with or without white space.
+    ("auto_submitted_no_parameter", incoming("Auto-Submitted: no;owner=alice\n")),
     ("suppress_dr_oof_only", incoming("X-Auto-Response-Suppress: DR, RN, NRN, OOF\n")),
     ("suppress_none", incoming("X-Auto-Response-Suppress: None\n")),
     ("precedence_first_class", incoming("Precedence: first-class\n")),
