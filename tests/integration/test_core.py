@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from sqlalchemy import func, select
 
-from crtool import acceptance, policy, service, tag_service, tokens
+from crtool import acceptance, digest, expect, policy, service, tag_service, tokens
 from crtool.addresses import OwnerAddress
 from crtool.envelope import Envelope, RawMessage
 from crtool.errors import NotFound, TemporaryFailure
@@ -953,3 +953,38 @@ def test_mail_to_a_tag_that_does_not_hold_is_recorded_as_such(alice: Service) ->
                            address)
     assert (result.outcome, result.reason) == (Outcome.HELD, "challenged")
     assert _logged(alice)[0] == ("tagged", "sender_mismatch", "carol@remote.test", "")
+
+
+def test_the_owners_own_digest_coming_back_is_delivered_and_a_lookalike_is_not(
+        alice: Service) -> None:
+    """Null sender and Auto-Submitted would hold it; its signed Message-ID lets it in."""
+    _hold(alice, "bob@remote.test")
+    alice.challenges(1)
+    digest.send(alice.box)
+    [(_, mail)] = alice.files.outbox.drain(1)
+    raw = mail.as_bytes()
+    result = alice.deliver(raw, "")
+    assert (result.outcome, result.detail) == (Outcome.CONTINUE, "whitelisted (own_digest)")
+    lookalike = raw.replace(b"Message-ID: <", b"Message-ID: <x", 1)
+    assert alice.deliver(lookalike, "").outcome is Outcome.HELD
+    # Past hold_ttl its id is no longer honoured.
+    alice.clock.now += alice.box.settings.hold_ttl + 400
+    assert alice.deliver(raw, "").outcome is Outcome.HELD
+
+
+def test_an_expected_domain_is_let_in_while_its_window_is_open(alice: Service) -> None:
+    with transaction(alice.box.engine) as session:
+        expect.open_window(session, alice.box.owner, "shop.test", alice.clock.now, 3600)
+    result = alice.deliver(message("orders@shop.test"), "orders@shop.test")
+    assert (result.outcome, result.detail) == (Outcome.CONTINUE, "whitelisted (expected)")
+    alice.box = replace(alice.box, settings=replace(alice.box.settings,
+                                                    subaddress_separators="-"))
+    tagged = alice.deliver(message("SRS0=hh=tt=shop.test=orders-9@fwd.test"),
+                           "SRS0=hh=tt=shop.test=orders-9@fwd.test")
+    assert tagged.detail == "whitelisted (expected)"
+    # A listed sender is decided by his entry, not the window.
+    service.list_add(alice.box, policy.BLACK, ["spam@shop.test"], "")
+    assert alice.deliver(message("spam@shop.test"), "spam@shop.test").outcome is \
+        Outcome.DROPPED
+    alice.clock.now += 3601
+    assert alice.deliver(message("late@shop.test"), "late@shop.test").outcome is Outcome.HELD
