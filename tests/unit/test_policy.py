@@ -72,6 +72,13 @@ TABLE: list[tuple[str, policy.Incoming, str | None]] = [
                                          "smtp.mailfrom=Remote.TEST")), "spf_fail"),
     ("dmarc_fail", incoming(ar("dmarc=fail (p=reject) header.from=remote.test")),
      "dmarc_fail"),
+    # RFC 8601's forms: a method version, a quoted value, a clause with no result (skipped,
+    # never the end of the header) and an empty one.
+    ("spf_fail_versioned", incoming(ar("spf/1=fail smtp.mailfrom=bob@remote.test")),
+     "spf_fail"),
+    ("dmarc_fail_quoted", incoming(ar('dmarc=fail header.from="remote.test"')), "dmarc_fail"),
+    ("dmarc_fail_after_junk", incoming(ar("none; ; dmarc=fail header.from=remote.test")),
+     "dmarc_fail"),
 ]
 
 # Rows that look like a rule applies and must not: each is a challenge.
