@@ -988,3 +988,16 @@ def test_an_expected_domain_is_let_in_while_its_window_is_open(alice: Service) -
         Outcome.DROPPED
     alice.clock.now += 3601
     assert alice.deliver(message("late@shop.test"), "late@shop.test").outcome is Outcome.HELD
+
+
+def test_a_confirmation_leaves_held_what_came_from_an_address_blacklisted_since(
+        alice: Service) -> None:
+    """bob confirms; what his tagged address sent stays held once the owner blacklisted it."""
+    mine = _hold(alice, "bob@remote.test", "one")
+    alice.clock.now += 1
+    tagged = _hold(alice, "bob+shop@remote.test", "two")
+    token = _confirm_token(alice)
+    service.list_add(alice.box, policy.BLACK, ["bob+shop@remote.test"], "")
+    result = service.confirm(alice.box, token, service.Via.web())
+    assert (result.outcome, result.pending_id) == (Outcome.CONFIRMED, mine)
+    assert (_status(alice, mine), _status(alice, tagged)) == (pending.RELEASED, pending.HELD)
