@@ -227,3 +227,12 @@ def test_a_stored_key_names_its_own_kind(key: str, kind: str) -> None:
 def test_split_address_drops_one_pair_of_angle_brackets_and_splits_at_the_last_at(
         text: str, parts: tuple[str, str]) -> None:
     assert addresses.split_address(text) == parts
+
+
+@pytest.mark.parametrize(("sender", "person"), [
+    ("b+news@remote.test", "b@remote.test"),  # a one-letter local part keeps its person
+    ("+news@remote.test", "+news@remote.test"),  # a separator first is no sub-address
+    ("prvs=1234abcdef=SRS0=hh=tt=orig.test=bob@fwd.test", "bob@orig.test"),  # BATV around SRS
+    ("nodomain", "nodomain"), ("@remote.test", "@remote.test")])
+def test_unmangle_at_the_edges(sender: str, person: str) -> None:
+    assert addresses.unmangle(sender) == person
