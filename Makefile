@@ -31,7 +31,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
 # Mutation testing of policy, tokens, addresses, service and maildir (pyproject's [tool.mutmut]
-# names the tests). Not part of `make test` or CI: it takes a long while on two cores.
+# names the tests). Not part of `make test` or CI: about an hour on two cores (docs/testing.md).
 MUTATE_CHILDREN ?= 2
 mutate: $(BIN)/.installed
 	$(BIN)/mutmut run --max-children $(MUTATE_CHILDREN)

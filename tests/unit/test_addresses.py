@@ -236,3 +236,9 @@ def test_split_address_drops_one_pair_of_angle_brackets_and_splits_at_the_last_a
     ("nodomain", "nodomain"), ("@remote.test", "@remote.test")])
 def test_unmangle_at_the_edges(sender: str, person: str) -> None:
     assert addresses.unmangle(sender) == person
+
+
+def test_an_exact_entry_may_be_as_long_as_an_address_may_and_no_longer() -> None:
+    longest = "b" * (addresses.MAX_ADDRESS - len("@remote.test")) + "@remote.test"
+    assert addresses.exact_pattern(longest) == addresses.Pattern(addresses.EXACT, longest)
+    assert addresses.exact_pattern("b" + longest) is None
