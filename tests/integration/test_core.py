@@ -5,6 +5,8 @@ messages only, all or none, and what a hold stores of a message's envelope and h
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -575,11 +577,10 @@ def test_open_mailbox_waits_for_a_writer_as_long_as_the_settings_say(alice: Serv
         box.engine.dispose()
 
 
-def test_a_preview_is_not_kept_waiting_by_a_writer(alice: Service) -> None:
-    """Link scanners and the sender's page read while deliveries write: a preview takes no
-    write lock, so another process holding SQLite's does not stall it."""
-    held = _hold(alice, "bob@remote.test")
-    token = _confirm_token(alice)
+@contextmanager
+def _another_process_writing(alice: Service) -> Iterator[service.Mailbox]:
+    """alice's mailbox with a 0.2 s busy timeout, while another connection holds SQLite's
+    write lock: what needs the lock fails fast, what only reads goes on."""
     if alice.box.engine.dialect.name != "sqlite":
         pytest.skip("SQLite's one write lock is what this is about")
     impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
@@ -587,15 +588,23 @@ def test_a_preview_is_not_kept_waiting_by_a_writer(alice: Service) -> None:
     try:
         with writer.connect() as other:
             other.exec_driver_sql("UPDATE owners SET created_at = created_at")
-            seen = service.preview(replace(alice.box, engine=impatient), token)
-            decided = service.decide(replace(alice.box, engine=impatient),
-                                     _incoming("carol@remote.test"))
+            yield replace(alice.box, engine=impatient)
             other.rollback()
-        assert (seen.state, seen.row.id if seen.row else None) == ("ready", held)
-        assert decided.verdict.action is policy.Action.CHALLENGE
     finally:
         impatient.dispose()
         writer.dispose()
+
+
+def test_a_preview_is_not_kept_waiting_by_a_writer(alice: Service) -> None:
+    """Link scanners and the sender's page read while deliveries write: a preview takes no
+    write lock, so another process holding SQLite's does not stall it."""
+    held = _hold(alice, "bob@remote.test")
+    token = _confirm_token(alice)
+    with _another_process_writing(alice) as box:
+        seen = service.preview(box, token)
+        decided = service.decide(box, _incoming("carol@remote.test"))
+    assert (seen.state, seen.row.id if seen.row else None) == ("ready", held)
+    assert decided.verdict.action is policy.Action.CHALLENGE
 
 
 def test_decide_reads_a_tagged_address_as_delivery_does_and_records_nothing(
@@ -694,21 +703,20 @@ def test_a_delivered_message_whose_log_cannot_be_written_says_so(alice: Service)
 
 
 def test_a_confirmation_releasing_many_names_ten_and_counts_the_rest(alice: Service) -> None:
-    held = []
-    for n in range(12):
-        held.append(_hold(alice, "bob@remote.test", f"number {n}"))
-        alice.clock.now += 1
-    result = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
-    # The confirmed message is released last.
-    assert result.detail == (f"bob@remote.test confirmed; released 12 message(s): "
-                             f"{' '.join(held[1:11])} and 2 more")
-    ten = []
-    for n in range(10):
-        ten.append(_hold(alice, "dave@remote.test", f"number {n}"))
-        alice.clock.now += 1
-    result = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
-    assert result.detail == (f"dave@remote.test confirmed; released 10 message(s): "
-                             f"{' '.join(ten[1:] + ten[:1])}")
+    def held_then_confirmed(sender: str, count: int) -> tuple[list[str], str]:
+        held = []
+        for n in range(count):
+            held.append(_hold(alice, sender, f"number {n}"))
+            alice.clock.now += 1
+        result = service.confirm(alice.box, _confirm_token(alice), service.Via.web())
+        # The confirmed message (the first, which was challenged) is released last.
+        return held[1:] + held[:1], result.detail
+
+    released, detail = held_then_confirmed("bob@remote.test", 12)
+    assert detail == (f"bob@remote.test confirmed; released 12 message(s): "
+                      f"{' '.join(released[:10])} and 2 more")
+    released, detail = held_then_confirmed("dave@remote.test", 10)
+    assert detail == f"dave@remote.test confirmed; released 10 message(s): {' '.join(released)}"
 
 
 def test_the_owner_releases_a_sender_he_has_blacklisted_since_when_he_asks_to(
@@ -887,22 +895,12 @@ def test_a_purge_that_cannot_run_is_said_after_the_delivery_never_raised(
         alice: Service) -> None:
     """The delivery is committed before the purge runs: a purge kept out by another writer
     adds its cause (the driver's words, one line) to the answer and changes nothing else."""
-    if alice.box.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's one write lock is what keeps the purge out")
     _hold(alice, "old@remote.test")
     alice.challenges(1)
     alice.clock.now += alice.box.settings.hold_ttl + 1
-    impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
-    writer = make_engine(alice.box.settings.database_url)
     done = service.Result(Outcome.HELD, "held as x", "x", "challenged")
-    try:
-        with writer.connect() as other:
-            other.exec_driver_sql("UPDATE owners SET created_at = created_at")
-            said = service._purged_after(replace(alice.box, engine=impatient), done)
-            other.rollback()
-    finally:
-        impatient.dispose()
-        writer.dispose()
+    with _another_process_writing(alice) as box:
+        said = service._purged_after(box, done)
     assert said == replace(done, detail="held as x (expired mail not purged: database is "
                                         "locked)")
     assert service._purged_after(alice.box, done) == done
@@ -927,20 +925,9 @@ def test_a_whitelisted_delivery_writes_its_message_and_takes_no_lock_to_decide(
     message from nothing but its log line."""
     alice.box = replace(alice.box, settings=replace(alice.box.settings, delivery="maildir"))
     service.list_add(alice.box, policy.WHITE, ["ann@friends.test"], "")
-    if alice.box.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's one write lock is what this is about")
-    impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
-    writer = make_engine(alice.box.settings.database_url)
-    try:
-        with writer.connect() as other:
-            other.exec_driver_sql("UPDATE owners SET created_at = created_at")
-            result = service.deliver(replace(alice.box, engine=impatient),
-                                     Envelope("ann@friends.test", "alice@example.test"),
-                                     RawMessage.from_bytes(message("ann@friends.test", "hi")))
-            other.rollback()
-    finally:
-        impatient.dispose()
-        writer.dispose()
+    with _another_process_writing(alice) as box:
+        result = service.deliver(box, Envelope("ann@friends.test", "alice@example.test"),
+                                 RawMessage.from_bytes(message("ann@friends.test", "hi")))
     assert result.outcome is Outcome.DELIVERED
     assert result.detail.endswith("; not logged (OperationalError)"), result.detail
     [body] = alice.files.maildir_messages()
