@@ -28,6 +28,8 @@ from tests.integration.test_backscatter import alice as _alice_fixture
 from tests.support import confirm_address_of, message
 
 alice = _alice_fixture
+# SQLite's one write lock, busy timeout and read-only mode are what some tests are about.
+only_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 def _incoming(sender: str, recipient: str = "alice@example.test") -> policy.Incoming:
@@ -565,9 +567,8 @@ def test_a_released_message_gets_no_challenge_left_unsent_on_the_mtas_retry(
     assert [k for k, _, _ in _events(alice)] == ["held", "challenged", "released"]
 
 
+@only_sqlite
 def test_open_mailbox_waits_for_a_writer_as_long_as_the_settings_say(alice: Service) -> None:
-    if alice.box.engine.dialect.name != "sqlite":
-        pytest.skip("a busy timeout is SQLite's")
     settings = replace(alice.box.settings, database_timeout=2.5)
     box = service.open_mailbox(settings)
     try:
@@ -581,8 +582,6 @@ def test_open_mailbox_waits_for_a_writer_as_long_as_the_settings_say(alice: Serv
 def _another_process_writing(alice: Service) -> Iterator[service.Mailbox]:
     """alice's mailbox with a 0.2 s busy timeout, while another connection holds SQLite's
     write lock: what needs the lock fails fast, what only reads goes on."""
-    if alice.box.engine.dialect.name != "sqlite":
-        pytest.skip("SQLite's one write lock is what this is about")
     impatient = make_engine(alice.box.settings.database_url, timeout=0.2)
     writer = make_engine(alice.box.settings.database_url)
     try:
@@ -595,6 +594,7 @@ def _another_process_writing(alice: Service) -> Iterator[service.Mailbox]:
         writer.dispose()
 
 
+@only_sqlite
 def test_a_preview_is_not_kept_waiting_by_a_writer(alice: Service) -> None:
     """Link scanners and the sender's page read while deliveries write: a preview takes no
     write lock, so another process holding SQLite's does not stall it."""
@@ -687,9 +687,8 @@ def test_a_reply_to_the_owners_mail_is_delivered_and_whitelists_its_sender(
         policy.Listing(policy.WHITE, "@friends.test")
 
 
+@only_sqlite
 def test_a_delivered_message_whose_log_cannot_be_written_says_so(alice: Service) -> None:
-    if alice.box.engine.dialect.name != "sqlite":
-        pytest.skip("a read-only engine is SQLite's")
     service.list_add(alice.box, policy.WHITE, ["ann@friends.test"], "")
     read_only = make_engine(alice.box.settings.database_url, read_only=True)
     try:
@@ -891,6 +890,7 @@ def test_purging_takes_what_is_older_than_asked_and_says_how_many(alice: Service
     assert service.purge_expired(alice.box) == 1
 
 
+@only_sqlite
 def test_a_purge_that_cannot_run_is_said_after_the_delivery_never_raised(
         alice: Service) -> None:
     """The delivery is committed before the purge runs: a purge kept out by another writer
@@ -919,6 +919,7 @@ def test_observe_mode_delivers_what_enforce_would_stop_and_says_why(alice: Servi
     assert alice.files.outbox.drain(0) == []
 
 
+@only_sqlite
 def test_a_whitelisted_delivery_writes_its_message_and_takes_no_lock_to_decide(
         alice: Service) -> None:
     """Deciding only reads: another process holding SQLite's write lock keeps a whitelisted
