@@ -20,7 +20,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench.homes import CRTOOL, OWNER
@@ -42,13 +41,13 @@ def _as_mbox(source: Path, target: Path, start: int, stop: int | None) -> int:
 
 
 def measure(home: Path, mbox: Path) -> dict[str, float]:
-    from crtool import policy, simulate, sources
+    from crtool import policy, service, simulate, sources
     from crtool.config import load_settings
     from crtool.message import parse_head
-    from crtool.store.engine import make_engine, transaction
+    from crtool.store.engine import transaction
 
-    settings = load_settings(home)
-    engine = make_engine(settings.database_url)
+    box = service.open_mailbox(load_settings(home))
+    engine = box.engine
     ham: dict[str, bool] = {}
     list_total = list_delivered = 0
     with transaction(engine, write=False) as session:
@@ -56,7 +55,7 @@ def measure(home: Path, mbox: Path) -> dict[str, float]:
             if not isinstance(item, sources.Mail):
                 continue
             facts = parse_head(item.head)
-            verdict = simulate.decide(settings, session, item.head, int(time.time()))
+            verdict = simulate.decide(box, session, item.head)
             if facts.has("list-id"):
                 list_total += 1
                 list_delivered += verdict.action is policy.Action.ACCEPT

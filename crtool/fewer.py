@@ -128,9 +128,10 @@ def learn_command(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def simulate_command(settings: Settings, args: argparse.Namespace) -> int:
-    from crtool import simulate
+    from crtool import service, simulate
 
-    tally = simulate.simulate(settings, _engine(settings), Path(args.source), int(time.time()),
+    box = service.open_mailbox(settings)
+    tally = simulate.simulate(box, Path(args.source),
                               say=_say if args.verbose else lambda _line: None)
     if args.json:
         _print_json(tally.as_json())

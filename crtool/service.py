@@ -146,7 +146,7 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     # write lock is taken before it is known that something must be written, so
     # whitelisted deliveries (most mail) run side by side.
     with transaction(box.engine, write=known.records(box.settings, envelope)) as session:
-        incoming, _, verdict = _judge(box, session, envelope, incoming, record=True)
+        incoming, _, verdict = judge(box, session, envelope, incoming, record=True)
     if box.settings.mode == observe.OBSERVE and observe.would_stop(verdict):
         with transaction(box.engine) as session:
             return observe.deliver(box, session, envelope, raw, verdict)
@@ -174,7 +174,7 @@ def decide(box: Mailbox, incoming: policy.Incoming) -> Decision:
     digest or the hub to call."""
     envelope = Envelope(sender=incoming.sender, recipient=incoming.recipient)
     with transaction(box.engine, write=False) as session:
-        incoming, listing, verdict = _judge(box, session, envelope, incoming, record=False)
+        incoming, listing, verdict = judge(box, session, envelope, incoming, record=False)
         if verdict.action is policy.Action.CHALLENGE:
             sender_key = addresses.unmangle(incoming.sender, box.settings.subaddress_separators)
             limited = _rate_limited(box, session, sender_key, box.now())
@@ -183,12 +183,12 @@ def decide(box: Mailbox, incoming: policy.Incoming) -> Decision:
     return Decision(verdict, listing)
 
 
-def _judge(box: Mailbox, session: Session, envelope: Envelope, incoming: policy.Incoming,
-           record: bool) -> tuple[policy.Incoming, policy.Listing | None, policy.Verdict]:
-    """The one judgement `deliver` and `decide` share, in the caller's transaction: the
-    owner's own digest, a tagged address or a reply (known.py), the lists, an expect window,
-    then policy. `record` lets a tag that does not hold be recorded (deliver's, never
-    decide's: deciding changes nothing)."""
+def judge(box: Mailbox, session: Session, envelope: Envelope, incoming: policy.Incoming,
+          record: bool) -> tuple[policy.Incoming, policy.Listing | None, policy.Verdict]:
+    """The one judgement `deliver`, `decide` and `crtool simulate` share, in the caller's
+    transaction: the owner's own digest, a tagged address or a reply (known.py), the lists,
+    an expect window, then policy; no rate limit. `record` lets a tag that does not hold be
+    recorded (deliver's, never the others': deciding changes nothing)."""
     facts = incoming.facts
     if _own_digest(box, session, envelope, facts):
         incoming = replace(incoming, own_digest=True)

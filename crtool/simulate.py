@@ -1,11 +1,12 @@
 """`crtool simulate MAILDIR|MBOX`: the owner's existing mail through today's lists and rules.
 
-Each message is decided by the same steps as a delivery (the list look-up of every kind of
-entry, `expect` windows, the owner's spam filter's header, `policy.classify`), in read-only
-transactions: nothing is written, held, sent or delivered. The envelope sender is the message's
-Return-Path (what the MTA recorded at delivery), else its From: address; the recipient is the
-owner. Rate limits are left out, so "challenged" counts every message enforce would challenge,
-and the distinct senders are counted apart.
+Each message is decided by the judgement a delivery makes (`service.judge`: the owner's own
+digest, tagged addresses and replies, every kind of list entry, `expect` windows, then policy,
+with the owner's spam filter's header), in one read-only transaction: nothing is written,
+held, sent or delivered. The envelope sender is the message's Return-Path (what the MTA
+recorded at delivery), else its From: address; the recipient is the owner. Rate limits are
+left out, so "challenged" counts every message enforce would challenge, and the distinct
+senders are counted apart.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from crtool import acceptance, addresses, expect, policy, sources, upstream
-from crtool.config import Settings
+from crtool import acceptance, addresses, policy, service, sources, upstream
 from crtool.envelope import Envelope
 from crtool.message import Facts, parse_head
-from crtool.store import lists
+from crtool.service import Mailbox
 from crtool.store.engine import transaction
 
 
@@ -56,27 +55,23 @@ def envelope_sender(facts: Facts) -> str:
     return facts.from_address
 
 
-def decide(settings: Settings, session: Session, head: bytes, now: int) -> policy.Verdict:
-    """One message's verdict, as delivery would reach it (without rate limits)."""
+def decide(box: Mailbox, session: Session, head: bytes) -> policy.Verdict:
+    """One message's verdict, by the judgement delivery makes (service.judge), without rate
+    limits and recording nothing."""
     facts = parse_head(head)
-    sender = envelope_sender(facts)
-    envelope = Envelope(sender=sender, recipient=settings.address)
-    incoming = acceptance.incoming(settings, envelope, facts)
-    if settings.spam_header:
+    envelope = Envelope(sender=envelope_sender(facts), recipient=box.settings.address)
+    incoming = acceptance.incoming(box.settings, envelope, facts)
+    if box.settings.spam_header:
         incoming = replace(incoming, spam_flagged=upstream.spam_flagged(
-            head, settings.spam_header))
-    listing = lists.listing_for(session, settings.owner, incoming,
-                                settings.subaddress_separators)
-    if listing is None and expect.expected(session, settings.owner, incoming, now,
-                                           settings.subaddress_separators):
-        incoming = replace(incoming, expected=True)
-    return policy.classify(incoming, listing)
+            head, box.settings.spam_header))
+    return service.judge(box, session, envelope, incoming, record=False)[2]
 
 
-def simulate(settings: Settings, engine: Engine, path: Path, now: int,
+def simulate(box: Mailbox, path: Path,
              say: Callable[[str], None] = lambda _line: None) -> Tally:
+    settings = box.settings
     tally = Tally()
-    with transaction(engine, write=False) as session:
+    with transaction(box.engine, write=False) as session:
         for item in sources.messages(path):
             if isinstance(item, sources.Skip):
                 tally.skipped[item.reason] += 1
@@ -85,7 +80,7 @@ def simulate(settings: Settings, engine: Engine, path: Path, now: int,
             if not isinstance(item, sources.Mail):
                 continue
             tally.messages += 1
-            verdict = decide(settings, session, item.head, now)
+            verdict = decide(box, session, item.head)
             if verdict.action is policy.Action.ACCEPT:
                 tally.delivered[verdict.reason] += 1
             elif verdict.action is policy.Action.BLACKLISTED:

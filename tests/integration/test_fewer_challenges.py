@@ -151,6 +151,26 @@ def test_simulate_counts_and_changes_nothing(mailbox: Mailbox, tmp_path: Path) -
     mailbox.outbox.drain(0)
 
 
+def test_simulate_judges_a_reply_to_the_owners_mail_as_delivery_does(
+        mailbox: Mailbox, tmp_path: Path) -> None:
+    """simulate asks the judgement delivery asks (service.judge), replies included."""
+    import time
+
+    from crtool.store import sent
+    from crtool.store.engine import make_engine, transaction
+
+    engine = make_engine(mailbox.database_url)
+    with transaction(engine) as session:
+        sent.record(session, mailbox.address, ["<out.1@example.test>"], int(time.time()))
+    engine.dispose()
+    box = _maildir(tmp_path / "Maildir", [
+        message("carol@else.test", "Re: lunch", headers={"In-Reply-To": "<out.1@example.test>"}),
+        message("dave@else.test", "Re: lunch", headers={"In-Reply-To": "<other@x.test>"})])
+    found = json.loads(mailbox.ok("simulate", "--json", str(box)))
+    assert (found["delivered_by"], found["challenged"]) == ({"reply": 1}, 1), found
+    mailbox.outbox.drain(0)
+
+
 def test_observe_mode_challenges_nobody_and_reports_who_would_be(mailbox: Mailbox) -> None:
     assert mailbox.ok("mode").strip() == "enforce"
     mailbox.ok("mode", "observe")
