@@ -44,12 +44,6 @@ _PROBE_PLACEHOLDER = "__[POSTCOMPILE_probe_1]"
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
 
 
-def match_sql(count: int) -> str:
-    """MATCH_SQL for `count` keys, as SQLAlchemy renders it (render_postcompile): the owner's
-    parameter first, then one `?` per key."""
-    return MATCH_SQL.replace(_IN_PLACEHOLDER, ", ".join(["?"] * count))
-
-
 def entry_sql(keys: int, probes: int) -> str:
     """ENTRY_SQL for `keys` keys and `probes` probes, as SQLAlchemy renders it."""
     return (ENTRY_SQL.replace(_IN_PLACEHOLDER, ", ".join(["?"] * keys))

@@ -21,17 +21,10 @@ from crtool.store.engine import enable_wal, make_engine, sqlite_path, transactio
 OWNER = "alice@example.test"
 
 
-@pytest.mark.parametrize("count", range(1, 13))
-def test_match_sql_is_what_sqlalchemy_compiles(count: int) -> None:
-    # The committed text must follow the model: a renamed column or table fails here.
-    keys = [f"k{i}" for i in range(count)]
-    statement = lists.match_statement(OWNER, keys)
-    engine = make_engine("sqlite://")
-    for dialect in (sqlite.dialect(), engine.dialect):
-        compiled = statement.compile(dialect=dialect,
-                                     compile_kwargs={"render_postcompile": True})
-        assert str(compiled) == fastpath.match_sql(count)
-        assert [compiled.params[name] for name in compiled.positiontup or []] == [OWNER, *keys]
+def test_match_sql_is_what_sqlalchemy_compiles() -> None:
+    # The committed text must follow the model: a renamed column or table fails here. (It is
+    # the first half of ENTRY_SQL, whose expanded forms the next test checks.)
+    statement = lists.match_statement(OWNER, ["k0", "k1"])
     assert str(statement.compile(dialect=sqlite.dialect())) == fastpath.MATCH_SQL
 
 
