@@ -227,10 +227,10 @@ def _settings(db: Path) -> Settings:
 
 
 def plan(db: Path) -> list[str]:
-    from crtool import fastpath
+    from crtool import lookup_sql
 
     connection = sqlite3.connect(db)
-    rows = connection.execute("EXPLAIN QUERY PLAN " + fastpath.entry_sql(5, 2),
+    rows = connection.execute("EXPLAIN QUERY PLAN " + lookup_sql.sqlite_entry(5, 2),
                               [OWNER, "a", "b", "c", "d", "e", OWNER, "@x", "@y"]).fetchall()
     connection.close()
     return [str(row[-1]) for row in rows]

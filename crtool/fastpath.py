@@ -3,10 +3,10 @@
 Most mail of a mature installation comes from whitelisted senders, and importing SQLAlchemy costs
 about 170 ms per process. So for a SQLite database `deliver` first asks the list through the
 standard library's `sqlite3`, read-only (`mode=ro`), with the text SQLAlchemy compiles from
-`store.lists.match_statement` (kept here as a constant; tests/unit/test_fastpath.py proves it is
-still what SQLAlchemy compiles, so the schema keeps one source of truth). The decision itself is
-`policy.classify` over `acceptance.incoming`, as on the full path, and what it accepts goes
-through `acceptance.accept`, as there.
+`store.lists.entry_statement` (kept as a constant in lookup_sql.py; tests/unit/test_fastpath.py
+proves it is still what SQLAlchemy compiles, so the schema keeps one source of truth). The
+decision itself is `policy.classify` over `acceptance.incoming`, as on the full path, and what
+it accepts goes through `acceptance.accept`, as there.
 
 Only a plain "whitelisted" is decided here. A blacklisted or unknown sender, a confirm reply, a
 null sender, another database, or any error on the way returns None, and the full path
@@ -19,35 +19,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from crtool import acceptance, entries, policy
+from crtool import acceptance, entries, lookup_sql, policy
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import Facts
 
-# str(lists.match_statement(owner, keys).compile(dialect=sqlite)), with the expanding IN
-# parameter as SQLAlchemy leaves it before the number of keys is known.
-MATCH_SQL = (
-    'SELECT address_entries.list_name, address_entries."key" \n'
-    "FROM address_entries \n"
-    'WHERE address_entries.owner = ? AND address_entries."key" IN (__[POSTCOMPILE_key_1])'
-)
-_IN_PLACEHOLDER = "__[POSTCOMPILE_key_1]"
-# str(lists.entry_statement(owner, keys, probes).compile(dialect=sqlite)): every kind of entry,
-# wildcards found by their probe (crtool/entries.py).
-ENTRY_SQL = (
-    MATCH_SQL + " UNION ALL "
-    'SELECT address_entries.list_name, address_entries."key" \n'
-    "FROM address_entries \n"
-    "WHERE address_entries.owner = ? AND address_entries.probe IN (__[POSTCOMPILE_probe_1])"
-)
-_PROBE_PLACEHOLDER = "__[POSTCOMPILE_probe_1]"
 _SQLITE_PREFIXES = ("sqlite:///", "sqlite+pysqlite:///")
-
-
-def entry_sql(keys: int, probes: int) -> str:
-    """ENTRY_SQL for `keys` keys and `probes` probes, as SQLAlchemy renders it."""
-    return (ENTRY_SQL.replace(_IN_PLACEHOLDER, ", ".join(["?"] * keys))
-            .replace(_PROBE_PLACEHOLDER, ", ".join(["?"] * probes)))
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -84,8 +61,8 @@ def lookup(path: Path, owner: str, keys: list[str], timeout: float = 30.0,
     except sqlite3.Error:
         return None
     try:
-        rows = connection.execute(entry_sql(len(keys), len(probes)),
-                                  [owner, *keys, owner, *probes]).fetchall()
+        rows = connection.execute(lookup_sql.sqlite_entry(len(keys), len(probes)),
+                                  lookup_sql.sqlite_params(owner, keys, probes)).fetchall()
     except sqlite3.Error:
         return None
     finally:

@@ -3,7 +3,7 @@
 fastpath.py asks SQLite through the standard library so that a whitelisted delivery never
 imports SQLAlchemy (170 ms of a 300 ms process here). On PostgreSQL the same look-up goes
 through psycopg, the driver SQLAlchemy itself would use, with the text SQLAlchemy compiles from
-`store.lists.entry_statement` for the psycopg dialect, kept here as a constant
+`store.lists.entry_statement` for the psycopg dialect, kept as a constant in lookup_sql.py
 (tests/unit/test_pgread.py proves it is still what SQLAlchemy compiles, and that its answers
 are the full path's), so the schema keeps one source of truth. It only reads, in autocommit:
 one SELECT, no transaction to hold.
@@ -17,39 +17,9 @@ path decides, from scratch, as it always did.
 
 from __future__ import annotations
 
-# str(lists.entry_statement(owner, keys, probes).compile(dialect=postgresql.psycopg.dialect())),
-# with the expanding IN parameters as SQLAlchemy leaves them before their counts are known:
-# the look-up keys by equality UNION ALL the wildcard probes by equality (entries.py).
-ENTRY_SQL = (
-    "SELECT address_entries.list_name, address_entries.key \n"
-    "FROM address_entries \n"
-    "WHERE address_entries.owner = %(owner_1)s::VARCHAR "
-    "AND address_entries.key IN (__[POSTCOMPILE_key_1]) UNION ALL "
-    "SELECT address_entries.list_name, address_entries.key \n"
-    "FROM address_entries \n"
-    "WHERE address_entries.owner = %(owner_2)s::VARCHAR "
-    "AND address_entries.probe IN (__[POSTCOMPILE_probe_1])"
-)
-_KEYS = "__[POSTCOMPILE_key_1]"
-_PROBES = "__[POSTCOMPILE_probe_1]"
+from crtool import lookup_sql
+
 _PREFIX = "postgresql+psycopg://"
-
-
-def entry_sql(keys: int, probes: int) -> str:
-    """ENTRY_SQL for `keys` keys and `probes` probes, as SQLAlchemy renders it
-    (render_postcompile)."""
-    return (ENTRY_SQL
-            .replace(_KEYS, ", ".join(f"%(key_1_{n})s::VARCHAR" for n in range(1, keys + 1)))
-            .replace(_PROBES, ", ".join(
-                f"%(probe_1_{n})s::VARCHAR" for n in range(1, probes + 1))))
-
-
-def entry_params(owner: str, keys: list[str], probes: list[str]) -> dict[str, str]:
-    """The parameters of entry_sql(len(keys), len(probes)), named as SQLAlchemy names them."""
-    params = {"owner_1": owner, "owner_2": owner}
-    params.update((f"key_1_{n}", key) for n, key in enumerate(keys, 1))
-    params.update((f"probe_1_{n}", probe) for n, probe in enumerate(probes, 1))
-    return params
 
 
 def conninfo(url: str) -> str | None:
@@ -77,8 +47,8 @@ def lookup(url: str, owner: str, keys: list[str], timeout: float = 30.0,
         with psycopg.connect(info, autocommit=True, prepare_threshold=None,
                              connect_timeout=max(1, int(timeout))) as connection:
             rows = connection.execute(  # type: ignore[call-overload]
-                entry_sql(len(keys), len(probes)),
-                entry_params(owner, keys, probes)).fetchall()
+                lookup_sql.psycopg_entry(len(keys), len(probes)),
+                lookup_sql.psycopg_params(owner, keys, probes)).fetchall()
     except Exception:  # noqa: BLE001 - psycopg's errors, a bad URI: the full path decides
         return None
     return [(str(row[0]), str(row[1])) for row in rows]

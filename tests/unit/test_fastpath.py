@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import sqlite
 
-from crtool import acceptance, addresses, entries, fastpath, policy, tally
+from crtool import acceptance, addresses, entries, fastpath, lookup_sql, policy, tally
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import parse_head
@@ -23,9 +23,9 @@ OWNER = "alice@example.test"
 
 def test_match_sql_is_what_sqlalchemy_compiles() -> None:
     # The committed text must follow the model: a renamed column or table fails here. (It is
-    # the first half of ENTRY_SQL, whose expanded forms the next test checks.)
+    # the first half of SQLITE_ENTRY, whose expanded forms the next test checks.)
     statement = lists.match_statement(OWNER, ["k0", "k1"])
-    assert str(statement.compile(dialect=sqlite.dialect())) == fastpath.MATCH_SQL
+    assert str(statement.compile(dialect=sqlite.dialect())) == lookup_sql.SQLITE_MATCH
 
 
 @pytest.mark.parametrize(("keys", "probes"), [(1, 1), (3, 2), (9, 3), (12, 1)])
@@ -36,10 +36,10 @@ def test_entry_sql_is_what_sqlalchemy_compiles(keys: int, probes: int) -> None:
     statement = lists.entry_statement(OWNER, key_list, probe_list)
     compiled = statement.compile(dialect=sqlite.dialect(),
                                  compile_kwargs={"render_postcompile": True})
-    assert str(compiled) == fastpath.entry_sql(keys, probes)
+    assert str(compiled) == lookup_sql.sqlite_entry(keys, probes)
     assert [compiled.params[name] for name in compiled.positiontup or []] == [
         OWNER, *key_list, OWNER, *probe_list]
-    assert str(statement.compile(dialect=sqlite.dialect())) == fastpath.ENTRY_SQL
+    assert str(statement.compile(dialect=sqlite.dialect())) == lookup_sql.SQLITE_ENTRY
 
 
 @pytest.mark.parametrize("url", [
@@ -97,6 +97,29 @@ def test_lookup_returns_what_the_full_path_returns(settings: Settings) -> None:
         assert sorted(fastpath.lookup(Path(settings.database_url[10:]), OWNER, keys) or []) \
             == full
     engine.dispose()
+
+
+def test_the_full_paths_driver_text_answers_as_the_compiled_statement(
+        settings: Settings) -> None:
+    # lists.entry_matches hands the driver lookup_sql.sqlite_entry; SQLAlchemy's own statement,
+    # compiled and run the ordinary way, must find the very same rows.
+    engine = make_engine(settings.database_url)
+    heads = (b"From: x@y.test\n", b"From: Carol <carol@friends.test>\n",
+             b"From: ci-bot@friends.test\nList-Id: <announce.lists.test>\n")
+    senders = ("bob@example.org", "spam@Example.org", "friend+x@junk.test", "x@junk.test",
+               "news-daily@wild.test", "news-spam1@wild.test", "nobody@else.test")
+    found = 0
+    with transaction(engine, write=False) as session:
+        for sender in senders:
+            for head in heads:
+                query = entries.query(sender, parse_head(head + b"\nbody\n"))
+                rows = sorted(lists.entry_matches(session, OWNER, query.keys, query.probes))
+                statement = lists.entry_statement(OWNER, query.keys, query.probes or [""])
+                assert rows == sorted(tuple(row) for row in session.execute(statement)), \
+                    (sender, head)
+                found += len(rows)
+    engine.dispose()
+    assert found > len(senders)  # the comparison saw entries, not only empty answers
 
 
 @pytest.mark.parametrize(("sender", "head", "expected"), [
@@ -216,7 +239,7 @@ def test_every_kind_of_entry_is_found_through_an_index(settings: Settings) -> No
 
     connection = sqlite3.connect(settings.database_url[10:])
     plan = [row[-1] for row in connection.execute(
-        "EXPLAIN QUERY PLAN " + fastpath.entry_sql(3, 2),
+        "EXPLAIN QUERY PLAN " + lookup_sql.sqlite_entry(3, 2),
         [OWNER, "a@b.test", "@b.test", "list:x", OWNER, "@b.test", "from:@c.test"])]
     connection.close()
     searches = [step for step in plan if step.startswith(("SEARCH", "SCAN"))]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.dialects import postgresql
 
-from crtool import addresses, entries, fastpath, pgread, policy
+from crtool import addresses, entries, fastpath, lookup_sql, pgread, policy
 from crtool.config import Settings
 from crtool.envelope import Envelope
 from crtool.message import parse_head
@@ -35,9 +35,9 @@ def test_entry_sql_is_what_sqlalchemy_compiles_for_psycopg(keys: int, probes: in
     statement = lists.entry_statement(OWNER, key_list, probe_list)
     dialect = postgresql.psycopg.dialect()  # type: ignore[attr-defined]
     compiled = statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    assert str(compiled) == pgread.entry_sql(keys, probes)
-    assert compiled.params == pgread.entry_params(OWNER, key_list, probe_list)
-    assert str(statement.compile(dialect=dialect)) == pgread.ENTRY_SQL
+    assert str(compiled) == lookup_sql.psycopg_entry(keys, probes)
+    assert compiled.params == lookup_sql.psycopg_params(OWNER, key_list, probe_list)
+    assert str(statement.compile(dialect=dialect)) == lookup_sql.PSYCOPG_ENTRY
     assert dialect.paramstyle == "pyformat"
 
 
@@ -80,6 +80,27 @@ def pg_settings(database_url: str, tmp_path: Path) -> Settings:
     engine.dispose()
     return Settings(home=tmp_path, address=OWNER, maildir=tmp_path / "Maildir",
                     database_url=database_url)
+
+
+@needs_postgresql
+@only_postgresql
+def test_the_full_paths_driver_text_answers_as_the_compiled_statement(
+        pg_settings: Settings) -> None:
+    # lists.entry_matches hands psycopg lookup_sql.psycopg_entry; SQLAlchemy's own statement,
+    # compiled and run the ordinary way, must find the very same rows.
+    engine = make_engine(pg_settings.database_url)
+    found = 0
+    try:
+        with transaction(engine, write=False) as session:
+            for sender in SENDERS:
+                query = entries.query(sender, None)
+                rows = sorted(lists.entry_matches(session, OWNER, query.keys, query.probes))
+                statement = lists.entry_statement(OWNER, query.keys, query.probes or [""])
+                assert rows == sorted(tuple(row) for row in session.execute(statement)), sender
+                found += len(rows)
+    finally:
+        engine.dispose()
+    assert found > 3  # the comparison saw entries, not only empty answers
 
 
 @needs_postgresql
