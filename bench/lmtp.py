@@ -33,6 +33,9 @@ RESULTS = Path(__file__).resolve().parent / "results-lmtp.json"
 OWNERS = 20
 ENTRIES = 1_000
 CONCURRENCY = 10
+# The server as the sample config runs it on this 2-core machine: a process per core.
+PROCESSES = 2
+WORKERS = 4
 PG_URL = os.environ.get("CRTOOL_BENCH_DATABASE_URL") or os.environ.get(
     "CRTOOL_TEST_DATABASE_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -82,7 +85,8 @@ def make_hub(root: Path, url: str) -> Hub:
     hub.config.write_text(
         f'database_url = "{url}"\nsendmail = "/bin/true"\n'
         "challenge_global_limit = 1000000000\n"
-        f'[lmtp]\nlisten = "unix:{hub.socket}"\nworkers = 8\n')
+        f'[lmtp]\nlisten = "unix:{hub.socket}"\nprocesses = {PROCESSES}\n'
+        f"workers = {WORKERS}\n")
     subprocess.run([CRTOOL, "--config", str(hub.config), "init"], check=True,
                    capture_output=True)
     from crtool import addresses, policy
@@ -113,10 +117,21 @@ def start(argv: list[str], socket_path: Path, log: Path) -> subprocess.Popen[byt
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return -1.0
+    """The peak RSS (VmHWM) of `pid`, plus its children's: the server processes of a hub
+    with `processes` above 1 are the supervising parent's children."""
+    total = 0
+    for each in [pid, *_children(pid)]:
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024 if total else -1.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -189,7 +204,7 @@ asyncio.run(main())
 """
 
 PROFILED = """
-import asyncio, cProfile, sys, threading
+import asyncio, cProfile, dataclasses, sys, threading
 from pathlib import Path
 from crtool import lmtp, owners
 profiles = []
@@ -205,6 +220,8 @@ lmtp.Hub.deliver = profiled
 loop_profile = cProfile.Profile()
 profiles.append(loop_profile)
 system = owners.load_system(Path(sys.argv[1]))
+# One process, profiled in every thread: the profile of one of the hub's server processes.
+system = dataclasses.replace(system, lmtp=dataclasses.replace(system.lmtp, processes=1))
 loop_profile.enable()
 lmtp.run(system, system.lmtp.listen)
 loop_profile.disable()
@@ -284,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     root = Path(tempfile.mkdtemp(prefix="crtool-bench-lmtp-"))
     results: dict[str, object] = {"messages_per_run": count, "concurrency": CONCURRENCY,
                                   "owners": OWNERS, "whitelist_entries_per_owner": ENTRIES,
+                                  "server_processes": PROCESSES, "workers_per_process": WORKERS,
                                   "mix": "85% whitelisted, 15% strangers (held + challenged)"}
     schema = "bench_" + secrets.token_hex(4)
     admin = None

@@ -107,7 +107,6 @@ class Hub:
 
         self.system = system
         self.warm = Warm(system.home)
-        self.log_lock = threading.Lock()
         self._owners: dict[str, tuple[float, Settings]] = {}
         self._owners_lock = threading.Lock()
         self._ledgers: dict[Engine, GroupCommit] = {}
@@ -180,11 +179,7 @@ class Hub:
 
     def log(self, **fields: Any) -> None:
         """One JSON line on stderr."""
-        line = json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields},
-                          ensure_ascii=True)
-        with self.log_lock:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+        _log_line(**fields)
 
 
 class _OwnerResources:
@@ -303,12 +298,15 @@ class _Session(LMTP):
 
 
 async def _listen(loop: asyncio.AbstractEventLoop, target: str, hub: Hub,
-                  handler: Handler) -> asyncio.Server:
-    host, port = split_target(target)
-
+                  handler: Handler, listening: socket.socket | None) -> asyncio.Server:
     def factory() -> _Session:
         return _Session(hub, handler, loop)
 
+    if listening is not None:  # bound by the parent of several server processes
+        if listening.family == socket.AF_UNIX:
+            return await loop.create_unix_server(factory, sock=listening)
+        return await loop.create_server(factory, sock=listening)
+    host, port = split_target(target)
     if port:
         return await loop.create_server(factory, host, port, reuse_address=True)
     path = Path(host)
@@ -320,9 +318,11 @@ async def _listen(loop: asyncio.AbstractEventLoop, target: str, hub: Hub,
 
 
 async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None,
+                listening: socket.socket | None = None) -> None:
     """Listen on `target` until `stop` is set (SIGTERM and SIGINT set it), then shut down
-    gracefully. `ready` is set once the socket listens."""
+    gracefully. `ready` is set once the socket listens. `listening` is a socket already bound
+    to `target` (several processes share it); the one who bound it removes its file."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -333,7 +333,7 @@ async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
     limits = hub.system.lmtp
     with ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="lmtp") as pool:
         handler = Handler(hub, pool)
-        server = await _listen(loop, target, hub, handler)
+        server = await _listen(loop, target, hub, handler, listening)
         hub.log(event="listening", listen=target, pid=os.getpid())
         if ready is not None:
             ready.set()
@@ -349,7 +349,7 @@ async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
                 session.transport.close()
         await server.wait_closed()
         host, port = split_target(target)
-        if not port:
+        if not port and listening is None:
             # A socket file left behind would look like a live server to the next start's
             # supervisor and to `crtool health` (connection refused, not "missing").
             Path(host).unlink(missing_ok=True)
@@ -357,8 +357,150 @@ async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
 
 
 def run(system: owners.System, target: str) -> int:
-    """`crtool lmtp`: serve in the foreground until SIGTERM; 0 after a graceful stop."""
+    """`crtool lmtp`: serve in the foreground until SIGTERM; 0 after a graceful stop. With
+    `[lmtp] processes` above 1, that many server processes share one listening socket."""
     hub = Hub(system)
     hub.engine()  # a database URL that cannot make an engine fails here, at start-up
-    asyncio.run(serve(hub, target))
-    return 0
+    if system.lmtp.processes == 1:
+        asyncio.run(serve(hub, target))
+        return 0
+    hub.engine().dispose()  # no pooled connection may be shared by the forked processes
+    return _Processes(system, target).run()
+
+
+def bind(target: str, mode: int) -> socket.socket:
+    """A listening socket for `target` (unix:PATH or HOST:PORT), bound before the server
+    processes that share it are forked; a unix socket gets `mode`."""
+    host, port = split_target(target)
+    if port:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=_BACKLOG)
+    path = Path(host)
+    if path.is_socket():
+        path.unlink()
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(path))
+    os.chmod(path, mode)
+    listening.listen(_BACKLOG)
+    return listening
+
+
+# The accept queue of a shared socket, as asyncio's own servers have.
+_BACKLOG = 100
+# A server process that died on its own is started again after this long (no busy loop when
+# every start fails at once).
+_RESTART_DELAY = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+class _Processes:
+    """The parent of `processes` server processes: it binds the socket, forks them, starts
+    again one that dies, and on SIGTERM passes it on, waits for every one to finish its
+    transactions under way (each does as a lone server does) and removes the socket file.
+
+    A process runs its deliveries under one interpreter lock, so one process uses at most one
+    core however many worker threads it has; the kernel spreads new connections over the
+    processes accepting on the one socket. A server process dies with its parent
+    (PR_SET_PDEATHSIG): one left behind would keep answering on a socket nobody supervises."""
+
+    def __init__(self, system: owners.System, target: str) -> None:
+        self.system = system
+        self.target = target
+        self.children: set[int] = set()
+        self.stopping = False
+        self.listening: socket.socket | None = None
+
+    def run(self) -> int:
+        self.listening = bind(self.target, self.system.lmtp.socket_mode)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        for _ in range(self.system.lmtp.processes):
+            self._spawn(self.listening)
+        _log_line(event="processes", listen=self.target, pid=os.getpid(),
+                  children=sorted(self.children))
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            self.children.discard(pid)
+            if not self.stopping:
+                _log_line(event="process_died", pid=pid, status=os.waitstatus_to_exitcode(status))
+                time.sleep(_RESTART_DELAY)
+                if not self.stopping and self.listening is not None:
+                    self._spawn(self.listening)
+        self._close()
+        host, port = split_target(self.target)
+        if not port:
+            Path(host).unlink(missing_ok=True)
+        _log_line(event="processes_stopped", pid=os.getpid())
+        return 0
+
+    def _stop(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        # The children stop accepting at once; with the parent's copy closed too, a new
+        # connection is refused rather than left waiting in a queue nobody reads.
+        self._close()
+
+    def _close(self) -> None:
+        if self.listening is not None:
+            self.listening.close()
+            self.listening = None
+
+    def _spawn(self, listening: socket.socket) -> None:
+        signals = {signal.SIGTERM, signal.SIGINT}
+        # Blocked across the fork, so that the child never runs the parent's handler.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                for signum in signals:
+                    signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+                _serve_child(self.system, self.target, listening)
+            self.children.add(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+
+
+def _serve_child(system: owners.System, target: str, listening: socket.socket) -> None:
+    """One server process: the hub on the shared socket until SIGTERM; never returns."""
+    code = 0
+    try:
+        _die_with_parent()
+        asyncio.run(serve(Hub(system), target, listening=listening))
+    except BaseException:  # noqa: BLE001 - said on stderr; the parent starts another
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_LOG_LOCK = threading.Lock()
+
+
+def _log_line(**fields: Any) -> None:
+    """One JSON line on stderr, whole: the server processes share it."""
+    line = json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields},
+                      ensure_ascii=True)
+    with _LOG_LOCK:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()

@@ -44,14 +44,18 @@ class LmtpLimits:
     listen: str = "unix:/run/crtool/lmtp.sock"
     # Larger messages get 552 after DATA; the server holds at most this much per session.
     max_message_size: int = 50 * 1024 * 1024
-    # More connections than this get 421 at once; Postfix tries again later.
+    # More connections than this (in one process) get 421 at once; Postfix tries again later.
     max_sessions: int = 100
     # RFC 5321 asks for at least 100; more in one transaction get 452 and come again.
     max_recipients: int = 100
     # A session silent (or one DATA unfinished) this long is closed, its transaction dropped.
     timeout: int = 300
-    # Deliveries carried out at once (threads); each holds one database connection.
+    # Deliveries carried out at once (threads) in each process; each holds one database
+    # connection.
     workers: int = 8
+    # Server processes sharing the listening socket. One process runs its deliveries under
+    # one interpreter lock, so it uses one core at most; one process per core uses them all.
+    processes: int = 1
     # After SIGTERM, how long transactions under way may take before the server exits.
     shutdown_grace: int = 60
     # The mode of a unix socket: Postfix's lmtp client (user postfix) must be able to connect.
@@ -78,7 +82,7 @@ class System:
 
 
 _LMTP_SIZES = {"max_message_size"}
-_LMTP_COUNTS = {"max_sessions", "max_recipients", "workers", "socket_mode"}
+_LMTP_COUNTS = {"max_sessions", "max_recipients", "workers", "processes", "socket_mode"}
 _LMTP_DURATIONS = {"timeout", "shutdown_grace"}
 
 
