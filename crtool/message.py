@@ -12,6 +12,7 @@ import binascii
 import codecs
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 HEADER_CAP = 8 * 1024
 MAX_HEADERS = 500
@@ -166,9 +167,10 @@ class Facts:
     def from_header(self) -> str:
         return clean_text(decode_words(self.get("from") or ""))
 
-    @property
+    @cached_property
     def from_address(self) -> str:
-        """The address in From:, lowercased, or "" when there is none that parses."""
+        """The address in From:, lowercased, or "" when there is none that parses. Kept once
+        parsed: the list look-up and the policy both ask, and the parse is the costly part."""
         value = self.get("from") or ""
         try:
             from email.utils import getaddresses
