@@ -145,7 +145,8 @@ def deliver(box: Mailbox, envelope: Envelope, raw: RawMessage,
     # The decision only reads (but for a tag that does not hold, which is recorded): no
     # write lock is taken before it is known that something must be written, so
     # whitelisted deliveries (most mail) run side by side.
-    with transaction(box.engine, write=known.records(box.settings, envelope)) as session:
+    records = known.records(box.settings, envelope)
+    with transaction(box.engine, write=records, one_snapshot=records) as session:
         incoming, _, verdict = judge(box, session, envelope, incoming, record=True)
     if box.settings.mode == observe.OBSERVE and observe.would_stop(verdict):
         with transaction(box.engine) as session:

@@ -143,13 +143,21 @@ def enable_wal(engine: Engine) -> None:
 
 
 @contextmanager
-def transaction(engine: Engine, write: bool = True) -> Iterator[Session]:
+def transaction(engine: Engine, write: bool = True,
+                one_snapshot: bool = True) -> Iterator[Session]:
     """One unit of work: commits when the block ends, rolls back when it raises.
 
     `write=False` starts a deferred transaction on SQLite, so listings do not queue behind
-    deliveries for the write lock.
+    deliveries for the write lock. `one_snapshot=False` says a reading block needs no
+    snapshot shared by its statements: on PostgreSQL, whose READ COMMITTED gives each
+    statement a snapshot of its own inside a transaction too, it then runs in autocommit,
+    without the BEGIN and COMMIT that were two of a whitelisted delivery's round trips to the
+    server. It must not stream (a server-side cursor needs a transaction) or write.
     """
-    bound = engine.execution_options(**{WRITE_OPTION: write})
+    if not write and not one_snapshot and engine.dialect.name == "postgresql":
+        bound = engine.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        bound = engine.execution_options(**{WRITE_OPTION: write})
     with _writer_turn(engine, write), Session(bound, expire_on_commit=False) as session:
         with session.begin():
             yield session

@@ -8,9 +8,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
 
 from crtool import acceptance, digest, expect, policy, service, tag_service, tokens
 from crtool.addresses import OwnerAddress
@@ -30,6 +32,7 @@ from tests.support import confirm_address_of, message
 alice = _alice_fixture
 # SQLite's one write lock, busy timeout and read-only mode are what some tests are about.
 only_sqlite = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+only_postgresql = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def _incoming(sender: str, recipient: str = "alice@example.test") -> policy.Incoming:
@@ -933,6 +936,54 @@ def test_a_whitelisted_delivery_writes_its_message_and_takes_no_lock_to_decide(
     assert result.detail.endswith("; not logged (OperationalError)"), result.detail
     [body] = alice.files.maildir_messages()
     assert body.startswith(b"Return-Path: <ann@friends.test>\n") and b"Subject: hi" in body
+
+
+@only_postgresql
+def test_reads_without_a_shared_snapshot_skip_begin_and_commit_on_postgresql(
+        database_url: str) -> None:
+    """READ COMMITTED gives each statement its own snapshot inside a transaction too, so a
+    reading block that asks for none runs in autocommit: no BEGIN and COMMIT round trips.
+    Every other block is still one transaction, on the same pooled connection after it."""
+    from psycopg.pq import TransactionStatus
+
+    engine = make_engine(database_url)
+
+    def status(session: Session) -> TransactionStatus:
+        session.execute(select(1))
+        return session.connection().connection.driver_connection.info.transaction_status  # type: ignore[union-attr]
+
+    try:
+        with transaction(engine, write=False, one_snapshot=False) as session:
+            assert status(session) is TransactionStatus.IDLE
+        for write in (False, True, False):
+            with transaction(engine, write=write) as session:
+                assert status(session) is TransactionStatus.INTRANS
+        with transaction(engine, write=True, one_snapshot=False) as session:
+            assert status(session) is TransactionStatus.INTRANS  # a writer always has one
+    finally:
+        engine.dispose()
+
+
+def test_a_delivery_decides_without_a_shared_snapshot_unless_it_may_record(
+        alice: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision of plain mail only reads, statement by statement; one to a tagged
+    address may record that the tag did not hold, so it decides in a transaction."""
+    asked: list[tuple[bool, bool]] = []
+    real = service.transaction
+
+    def spy(engine: Engine, write: bool = True, one_snapshot: bool = True) -> Any:
+        asked.append((write, one_snapshot))
+        return real(engine, write, one_snapshot)
+
+    service.list_add(alice.box, policy.WHITE, ["ann@friends.test"], "")
+    address, _ = tag_service.sender(alice.box, "ann@friends.test", False)
+    monkeypatch.setattr(service, "transaction", spy)
+    assert alice.deliver(message("ann@friends.test"), "ann@friends.test").outcome \
+        is Outcome.CONTINUE
+    assert asked[0] == (False, False)
+    asked.clear()
+    alice.deliver(message("ann@friends.test", to=address), "ann@friends.test", address)
+    assert asked[0] == (True, True)
 
 
 def test_mail_to_a_tag_that_does_not_hold_is_recorded_as_such(alice: Service) -> None:
