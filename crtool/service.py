@@ -411,7 +411,8 @@ def purge_expired(box: Mailbox, older_than: int | None = None, limit: int = PURG
     lock only when there is something to delete; the owner lock keeps it from deleting a
     message a confirmation is releasing at that moment."""
     before = box.now() - (box.settings.hold_ttl if older_than is None else older_than)
-    with transaction(box.engine, write=False) as session:
+    # One statement: no snapshot to share, so no BEGIN and COMMIT on PostgreSQL either.
+    with transaction(box.engine, write=False, one_snapshot=False) as session:
         if not pending.expired_ids(session, box.owner, before, 1):
             return 0
     with transaction(box.engine) as session:
