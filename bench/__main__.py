@@ -266,6 +266,10 @@ def main() -> int:
     from bench import perprocess
 
     perprocess.main(["--quick"] if args.quick else [])
+    # The floor under those: what each path's libraries cost to import (bench/imports.py).
+    from bench import imports
+
+    imports.main(["--rounds", "3"] if args.quick else [])
     # Hub mode (crtool lmtp) beside a bare aiosmtpd LMTP sink: bench/lmtp.py.
     from bench import lmtp
 
