@@ -94,10 +94,10 @@ class Mailbox:
         return int(self.clock())
 
     def write_after(self, job: Job) -> None:
-        """Write what is recorded once the mail is safe (a delivered message's log line):
-        committed when this returns, or raises what kept it out. Never from inside a
-        transaction: the hub's batch may be written by another thread, which would wait for
-        the write lock this one holds."""
+        """Write what is recorded once the mail is safe (a delivered message's log line, a
+        challenge marked sent): committed when this returns, or raises what kept it out.
+        Never from inside a transaction: the hub's batch may be written by another thread,
+        which would wait for the write lock this one holds."""
         (self.ledger or Ledger(self.engine)).write(job)
 
 
@@ -393,12 +393,13 @@ def _unsent_challenge(box: Mailbox, session: Session, row: Pending, data: bytes,
 
 def _send(box: Mailbox, outgoing: _Outgoing | None) -> None:
     """Send after the commit, then mark it sent. A failure raises TemporaryFailure: the MTA
-    retries, the retry finds the held message and sends the challenge then."""
+    retries, the retry finds the held message and sends the challenge then. The mark is a
+    record after the fact, like a delivered message's log line, so the hub group-commits it
+    with theirs (one commit where each stranger paid one of its own)."""
     if outgoing is None:
         return
     box.outbox.send(outgoing.recipient, outgoing.message)
-    with transaction(box.engine) as session:
-        log.mark_sent(session, outgoing.challenge_id)
+    box.write_after(lambda session: log.mark_sent(session, outgoing.challenge_id))
 
 
 # Expiry -------------------------------------------------------------------------------------
