@@ -165,7 +165,28 @@ def copy(home: Home, name: str, code: Path) -> Home:
     shutil.copytree(home.user_home, target, symlinks=True)
     config = target / ".crtool" / "config.toml"
     config.write_text(config.read_text().replace(str(home.user_home), str(target)))
+    if code != REPO:
+        _drop_newer_settings(config, code)
     return Home(target, code)
+
+
+def _drop_newer_settings(config: Path, code: Path) -> None:
+    """Take out of `config` the settings `crtool init` writes today that the older `code`
+    does not know (it refuses a config with an unknown setting), one at a time, as it names
+    them; they are all optional, so the older crtool runs with its defaults."""
+    check = ("import sys; from pathlib import Path; from crtool.config import load_settings; "
+             "load_settings(Path(sys.argv[1]))")
+    for _ in range(20):
+        # Run in `code`: `python -c` puts the working directory first on the path.
+        said = subprocess.run([PYTHON, "-c", check, str(config.parent)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(code)},
+                              cwd=code, check=False).stderr
+        unknown = re.search(r"unknown setting '([a-z_]+)'", said)
+        if unknown is None:
+            return
+        name = unknown.group(1)
+        config.write_text("".join(line for line in config.read_text().splitlines(True)
+                                  if not re.match(rf"\s*{name}\s*=", line)))
 
 
 def prepare_confirms(home: Home, launcher: Path, count: int, message: Path) -> None:
