@@ -132,6 +132,18 @@ class Hub:
         return server
 
 
+def hub_with_alice(tmp_path: Path, database_url: str, **lmtp: object) -> Hub:
+    """A hub in tmp_path/hub (its own SQLite file, or the test's PostgreSQL schema) that
+    serves alice@example.test into the Maildir tmp_path/mail/alice; `lmtp` over a 20 s
+    session timeout."""
+    if database_url.startswith("sqlite"):
+        database_url = f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
+    hub = Hub(tmp_path / "hub", database_url, lmtp={"timeout": "20s", **lmtp})
+    hub.init()
+    hub.add_owner("alice@example.test", tmp_path / "mail" / "alice")
+    return hub
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]

@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_URL
-from tests.hub import Hub, Server, client, raw_session, read_replies, transaction, wait_until
+from tests.hub import (
+    Hub,
+    Server,
+    client,
+    hub_with_alice,
+    raw_session,
+    read_replies,
+    transaction,
+    wait_until,
+)
 from tests.support import confirm_address_of, crtool_executable, message
 
 ALICE = "alice@example.test"
@@ -31,11 +40,7 @@ STRANGER = "bob@remote.test"
 @pytest.fixture
 def hub(tmp_path: Path, database_url: str) -> Hub:
     """A hub with two owners: alice (Maildir) and carol (Maildir, blacklisted mail bounced)."""
-    if database_url.startswith("sqlite"):
-        database_url = f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
-    hub = Hub(tmp_path / "hub", database_url, lmtp={"timeout": "20s"})
-    hub.init()
-    hub.add_owner(ALICE, tmp_path / "mail" / "alice")
+    hub = hub_with_alice(tmp_path, database_url)
     hub.add_owner(CAROL, tmp_path / "mail" / "carol", "", "blacklist_action=\"bounce\"")
     hub.ok("whitelist", "add", FRIEND, "--owner", ALICE)
     return hub

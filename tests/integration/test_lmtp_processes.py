@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub import Hub, Server, client, transaction, wait_until
+from tests.hub import Hub, Server, client, hub_with_alice, transaction, wait_until
 from tests.support import message
 
 ALICE = "alice@example.test"
@@ -24,12 +24,7 @@ STRANGER = "bob@remote.test"
 
 @pytest.fixture
 def hub(tmp_path: Path, database_url: str) -> Hub:
-    if database_url.startswith("sqlite"):
-        database_url = f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
-    hub = Hub(tmp_path / "hub", database_url,
-              lmtp={"timeout": "20s", "processes": 2, "workers": 2})
-    hub.init()
-    hub.add_owner(ALICE, tmp_path / "mail" / "alice")
+    hub = hub_with_alice(tmp_path, database_url, processes=2, workers=2)
     hub.ok("whitelist", "add", FRIEND, "--owner", ALICE)
     return hub
 

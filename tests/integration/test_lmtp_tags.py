@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub import Hub, Server, client, transaction
+from tests.hub import Hub, Server, client, hub_with_alice, transaction
 from tests.support import message
 
 ALICE = "alice@example.test"
@@ -18,12 +18,7 @@ STRANGER = "shop@remote.test"
 
 @pytest.fixture
 def hub(tmp_path: Path, database_url: str) -> Hub:
-    if database_url.startswith("sqlite"):
-        database_url = f"sqlite:///{tmp_path / 'hub' / 'hub.db'}"
-    hub = Hub(tmp_path / "hub", database_url, lmtp={"timeout": "20s"})
-    hub.init()
-    hub.add_owner(ALICE, tmp_path / "mail" / "alice")
-    return hub
+    return hub_with_alice(tmp_path, database_url)
 
 
 @pytest.fixture
