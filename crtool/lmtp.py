@@ -160,7 +160,8 @@ class Hub:
             # ever; over LMTP the size is known, so this mailbox refuses it for good.
             reply = f"552 5.3.4 message larger than {settings.max_message_size} bytes"
             self.log(owner=settings.owner, sender=sender, recipient=recipient, size=len(data),
-                     outcome="refused", detail="too large", reply="552", attempts=0, ms=0.0)
+                     outcome="refused", detail="too large", reply="552", attempts=0, ms=0.0,
+                     pid=os.getpid())
             return Delivered(delivery.Answer(HUB_PROFILE, Outcome.BOUNCED.value, reply), reply)
         request = Request(mta=owners.HUB_MTA, sender=sender, recipient=recipient)
         resources = _OwnerResources(self, settings)
@@ -174,7 +175,8 @@ class Hub:
         reply = reply_for(answer)
         self.log(owner=settings.owner, sender=sender, recipient=recipient, size=len(data),
                  outcome=answer.outcome, detail=answer.detail, reply=reply[:3],
-                 attempts=attempt + 1, ms=round((time.monotonic() - started) * 1000, 1))
+                 attempts=attempt + 1, ms=round((time.monotonic() - started) * 1000, 1),
+                 pid=os.getpid())
         return Delivered(answer, reply)
 
     def log(self, **fields: Any) -> None:
@@ -304,7 +306,11 @@ async def _listen(loop: asyncio.AbstractEventLoop, target: str, hub: Hub,
 
     if listening is not None:  # bound by the parent of several server processes
         if listening.family == socket.AF_UNIX:
-            return await loop.create_unix_server(factory, sock=listening)
+            # The parent removes the file once every server process has stopped; one that
+            # stops alone (and is started again) must leave it (Python 3.13 would not).
+            keep: dict[str, Any] = {"cleanup_socket": False} \
+                if sys.version_info >= (3, 13) else {}
+            return await loop.create_unix_server(factory, sock=listening, **keep)
         return await loop.create_server(factory, sock=listening)
     host, port = split_target(target)
     if port:
@@ -370,7 +376,8 @@ def run(system: owners.System, target: str) -> int:
 
 def bind(target: str, mode: int) -> socket.socket:
     """A listening socket for `target` (unix:PATH or HOST:PORT), bound before the server
-    processes that share it are forked; a unix socket gets `mode`."""
+    processes that share it are forked; a unix socket gets `mode`. HOST:PORT binds the first
+    address HOST resolves to (name an address, such as 127.0.0.1 or ::1, to choose)."""
     host, port = split_target(target)
     if port:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
@@ -390,6 +397,11 @@ _BACKLOG = 100
 # A server process that died on its own is started again after this long (no busy loop when
 # every start fails at once).
 _RESTART_DELAY = 1.0
+# A server process that dies within this long of its start failed to start; after this many
+# such failures in a row the parent gives up and exits 1, so that its supervisor (systemd's
+# Restart=on-failure) sees the failure and clients are refused instead of left in a queue.
+_START_WINDOW = 10.0
+_FAILED_STARTS = 5
 _PR_SET_PDEATHSIG = 1
 
 
@@ -406,7 +418,7 @@ class _Processes:
     def __init__(self, system: owners.System, target: str) -> None:
         self.system = system
         self.target = target
-        self.children: set[int] = set()
+        self.children: dict[int, float] = {}  # pid: when it was started (monotonic)
         self.stopping = False
         self.listening: socket.socket | None = None
 
@@ -415,26 +427,34 @@ class _Processes:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)
         for _ in range(self.system.lmtp.processes):
-            self._spawn(self.listening)
+            self._spawn()
         _log_line(event="processes", listen=self.target, pid=os.getpid(),
                   children=sorted(self.children))
+        failed_starts = 0
         while self.children:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
                 break
-            self.children.discard(pid)
-            if not self.stopping:
-                _log_line(event="process_died", pid=pid, status=os.waitstatus_to_exitcode(status))
-                time.sleep(_RESTART_DELAY)
-                if not self.stopping and self.listening is not None:
-                    self._spawn(self.listening)
+            started = self.children.pop(pid, 0.0)
+            if self.stopping:
+                continue
+            _log_line(event="process_died", pid=pid, status=os.waitstatus_to_exitcode(status))
+            failed_starts = failed_starts + 1 \
+                if time.monotonic() - started < _START_WINDOW else 0
+            if failed_starts >= _FAILED_STARTS:
+                _log_line(event="processes_failed", pid=os.getpid(),
+                          detail=f"{failed_starts} server processes in a row died at start")
+                self._stop(signal.SIGTERM, None)
+                continue
+            time.sleep(_RESTART_DELAY)
+            self._spawn()
         self._close()
         host, port = split_target(self.target)
         if not port:
             Path(host).unlink(missing_ok=True)
         _log_line(event="processes_stopped", pid=os.getpid())
-        return 0
+        return 1 if failed_starts >= _FAILED_STARTS else 0
 
     def _stop(self, signum: int, _frame: object) -> None:
         self.stopping = True
@@ -452,18 +472,23 @@ class _Processes:
             self.listening.close()
             self.listening = None
 
-    def _spawn(self, listening: socket.socket) -> None:
+    def _spawn(self) -> None:
         signals = {signal.SIGTERM, signal.SIGINT}
-        # Blocked across the fork, so that the child never runs the parent's handler.
+        # Blocked across the fork, so that the child never runs the parent's handler, and
+        # so that a stop cannot come between the look at `stopping` and the child's pid
+        # being known to it.
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         try:
+            listening = self.listening
+            if self.stopping or listening is None:
+                return
             pid = os.fork()
             if pid == 0:
                 for signum in signals:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
                 _serve_child(self.system, self.target, listening)
-            self.children.add(pid)
+            self.children[pid] = time.monotonic()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -89,8 +91,10 @@ def test_two_processes_share_the_socket_and_stop_together(hub: Hub) -> None:
     # processes held them: the owner's row lock serialises the count across processes.
     assert len(hub.held(ALICE)) == 2
     hub.outbox.drain(1)
-    # Every recipient is logged once, by the process that delivered it.
-    assert len(running.deliveries()) == 10
+    # Every recipient is logged once, by the server process that delivered it.
+    records = running.deliveries()
+    assert len(records) == 10
+    assert {r["pid"] for r in records} <= pids, records
     assert running.stop() == 0, running.log()
     assert not any(alive(pid) for pid in pids)
     assert not hub.socket_path.exists()
@@ -122,3 +126,46 @@ def test_the_server_processes_die_with_their_parent(hub: Hub) -> None:
     wait_until(lambda: not any(alive(pid) for pid in pids), "the server processes to stop")
     stopped = [r for r in running.records() if r.get("event") == "stopped"]
     assert len(stopped) == 2, running.log()
+
+
+def test_a_server_process_stopped_alone_leaves_the_socket_to_the_others(hub: Hub) -> None:
+    # SIGTERM to one server process (an admin's kill, the OOM killer's cousin): it stops as
+    # a lone server does but must not take the shared socket file with it.
+    running = start(hub)
+    first = min(listening(running))
+    os.kill(first, signal.SIGTERM)
+    wait_until(lambda: len(listening(running)) == 3, "the parent to start another process")
+    died = [r for r in running.records() if r.get("event") == "process_died"]
+    assert [(r["pid"], r["status"]) for r in died] == [(first, 0)]
+    assert hub.socket_path.is_socket()
+    assert deliver_concurrently(hub, [FRIEND] * 3) == [250] * 3
+    assert running.stop() == 0, running.log()
+
+
+FAILING = """
+import sys
+from pathlib import Path
+from crtool import lmtp, owners
+
+async def broken(*args, **kwargs):
+    raise RuntimeError("this server process cannot start")
+
+lmtp.serve = broken
+system = owners.load_system(Path(sys.argv[1]))
+sys.exit(lmtp.run(system, system.lmtp.listen))
+"""
+
+
+def test_a_parent_whose_servers_cannot_start_gives_up(hub: Hub) -> None:
+    # Servers that die as they start are started again a few times, then the parent exits 1
+    # (systemd's Restart=on-failure takes over) and the socket goes: clients are refused,
+    # not left in a queue that nobody reads.
+    done = subprocess.run([sys.executable, "-c", FAILING, str(hub.config)], env=hub.env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr
+    events = [line for line in done.stderr.splitlines() if line.startswith("{")]
+    assert sum('"process_died"' in line for line in events) == 5, done.stderr
+    assert '"processes_failed"' in events[-2] and '"processes_stopped"' in events[-1]
+    # Each said why on stderr (the one started last may have said it too before the stop).
+    assert done.stderr.count("this server process cannot start") >= 5
+    assert not hub.socket_path.exists()
