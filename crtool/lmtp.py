@@ -304,23 +304,18 @@ async def _listen(loop: asyncio.AbstractEventLoop, target: str, hub: Hub,
     def factory() -> _Session:
         return _Session(hub, handler, loop)
 
-    if listening is not None:  # bound by the parent of several server processes
-        if listening.family == socket.AF_UNIX:
-            # The parent removes the file once every server process has stopped; one that
-            # stops alone (and is started again) must leave it (Python 3.13 would not).
-            keep: dict[str, Any] = {"cleanup_socket": False} \
-                if sys.version_info >= (3, 13) else {}
-            return await loop.create_unix_server(factory, sock=listening, **keep)
-        return await loop.create_server(factory, sock=listening)
-    host, port = split_target(target)
-    if port:
-        return await loop.create_server(factory, host, port, reuse_address=True)
-    path = Path(host)
-    if path.is_socket():
-        path.unlink()
-    server = await loop.create_unix_server(factory, str(path))
-    os.chmod(path, hub.system.lmtp.socket_mode)
-    return server
+    if listening is None:
+        host, port = split_target(target)
+        if port:
+            return await loop.create_server(factory, host, port, reuse_address=True)
+        listening = bind(target, hub.system.lmtp.socket_mode)
+    if listening.family == socket.AF_UNIX:
+        # The file is removed by whoever bound it, once: `serve` for a lone server, the
+        # parent of several after all have stopped; one stopped alone and started again
+        # must leave it (Python 3.13 would not).
+        keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+        return await loop.create_unix_server(factory, sock=listening, **keep)
+    return await loop.create_server(factory, sock=listening)
 
 
 async def serve(hub: Hub, target: str, ready: asyncio.Event | None = None,
