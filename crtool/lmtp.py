@@ -477,22 +477,24 @@ class _Processes:
             listening = self.listening
             if self.stopping or listening is None:
                 return
+            parent = os.getpid()
             pid = os.fork()
             if pid == 0:
                 for signum in signals:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-                _serve_child(self.system, self.target, listening)
+                _serve_child(self.system, self.target, listening, parent)
             self.children[pid] = time.monotonic()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
-def _serve_child(system: owners.System, target: str, listening: socket.socket) -> None:
+def _serve_child(system: owners.System, target: str, listening: socket.socket,
+                 parent: int) -> None:
     """One server process: the hub on the shared socket until SIGTERM; never returns."""
     code = 0
     try:
-        _die_with_parent()
+        _die_with_parent(parent)
         asyncio.run(serve(Hub(system), target, listening=listening))
     except BaseException:  # noqa: BLE001 - said on stderr; the parent starts another
         import traceback
@@ -504,10 +506,11 @@ def _serve_child(system: owners.System, target: str, listening: socket.socket) -
         os._exit(code)
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when `parent` (its pid taken before the fork) dies; at once if it already
+    has: the child's own getppid() after the fork would already name its new parent."""
     import ctypes
 
-    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the request took effect
